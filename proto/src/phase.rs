@@ -1,0 +1,40 @@
+//! The phases of a solution's life as users and the wake API see them.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a solution is between zero and serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Scaled to zero; the next request wakes it.
+    Cold,
+    /// Wake requested: the process (or pod) is being started.
+    Starting,
+    /// Started; waiting for the readiness probe to pass.
+    Probing,
+    /// Serving: requests are forwarded.
+    Ready,
+    /// Being stopped; requests are held until it is cold, then wake it again.
+    Stopping,
+    /// The last start failed; new attempts wait for a back-off.
+    Failed,
+}
+
+impl Phase {
+    /// Lower-case name, as used in JSON, metrics and the pages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Cold => "cold",
+            Phase::Starting => "starting",
+            Phase::Probing => "probing",
+            Phase::Ready => "ready",
+            Phase::Stopping => "stopping",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// Whether a wake-up is under way (for the catalog's "waking" state).
+    pub fn is_waking(self) -> bool {
+        matches!(self, Phase::Starting | Phase::Probing)
+    }
+}
