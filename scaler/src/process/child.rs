@@ -1,0 +1,123 @@
+//! One running solution process: spawned in its own process group (so its
+//! children are signalled too), its output forwarded to the log, the tail of
+//! its stderr kept for failure reports, stopped with SIGTERM then SIGKILL.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use proto::solution::ProcessSpec;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+/// Lines of stderr kept to explain a failed start.
+const STDERR_TAIL_LINES: usize = 20;
+
+/// A started process.
+pub struct Running {
+    child: Child,
+    /// Where it serves.
+    pub addr: SocketAddr,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Running {
+    /// Starts `spec` for solution `name`.
+    pub fn spawn(name: &str, spec: &ProcessSpec) -> std::io::Result<Running> {
+        let port = match spec.port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let port_s = port.to_string();
+        let argv: Vec<String> = spec.argv.iter().map(|a| a.replace("{port}", &port_s)).collect();
+        let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(&spec.cwd)
+            .env("PORT", &port_s)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn()?;
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(forward(name.to_string(), "stdout", out, None));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(forward(name.to_string(), "stderr", err, Some(stderr_tail.clone())));
+        }
+        tracing::info!(solution = name, pid = child.id(), port, "started {}", argv.join(" "));
+        Ok(Running { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), stderr_tail })
+    }
+
+    /// Waits for the process to exit by itself. Cancel-safe.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// The last lines it wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        let tail = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        tail.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+
+    /// SIGTERM to the process group, SIGKILL after `grace`; waits for the exit.
+    pub async fn stop(mut self, grace: Duration) -> Option<ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let pgid = self.child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+        if let Some(pgid) = pgid {
+            let _ = killpg(pgid, Signal::SIGTERM);
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => {
+                // The leader is gone; make sure nothing it spawned lingers.
+                if let Some(pgid) = pgid {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+                status.ok()
+            }
+            Err(_) => {
+                tracing::warn!(pid = ?pgid, "did not exit within {grace:?} of SIGTERM; sending SIGKILL");
+                if let Some(pgid) = pgid {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+                let _ = self.child.start_kill();
+                self.child.wait().await.ok()
+            }
+        }
+    }
+}
+
+/// A free loopback port (the OS picks one; a small race with other binders is
+/// possible and shows up as a failed start, which is retried).
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+async fn forward(
+    solution: String,
+    stream: &'static str,
+    out: impl AsyncRead + Unpin,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+) {
+    let mut lines = BufReader::new(out).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "wakegate::solution", solution = %solution, stream, "{line}");
+        if let Some(tail) = &tail {
+            let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+            if t.len() == STDERR_TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    }
+}
