@@ -9,7 +9,7 @@ use toml::{Table, Value};
 
 use crate::error::{ConfigError, ConfigErrors};
 use crate::settings::{KEYS, Scope, Settings, check_label, unknown_key};
-use crate::solution::{Backend, ProcessSpec, Probe, SolutionSpec, Upstream};
+use crate::solution::{Backend, Probe, ProcessSpec, SolutionSpec, Upstream};
 
 /// Keys of a `[[solution]]` table besides per-solution settings.
 const SOLUTION_KEYS: &[&str] = &["name", "description", "command", "upstream", "probe", "port", "cwd", "env"];
@@ -26,9 +26,8 @@ pub struct Config {
 impl Config {
     /// Reads and validates a file. Relative `cwd`s are against its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError::new("", format!("cannot read {}: {e}", path.display()))])
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![ConfigError::new("", format!("cannot read {}: {e}", path.display()))]))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Config::parse(&text, &base)
     }
@@ -98,13 +97,7 @@ fn parse_settings(value: Option<&Value>, errors: &mut Vec<ConfigError>) -> Setti
     settings
 }
 
-fn parse_solution(
-    index: usize,
-    item: &Value,
-    settings: &Settings,
-    base_dir: &Path,
-    errors: &mut Vec<ConfigError>,
-) -> Option<SolutionSpec> {
+fn parse_solution(index: usize, item: &Value, settings: &Settings, base_dir: &Path, errors: &mut Vec<ConfigError>) -> Option<SolutionSpec> {
     let Some(t) = item.as_table() else {
         errors.push(ConfigError::new(format!("solution[{index}]"), "must be a table"));
         return None;
@@ -130,11 +123,8 @@ fn parse_solution(
         }
         let is_solution_key = KEYS.iter().any(|k| k.name == key && k.scope == Scope::Solution);
         if !is_solution_key {
-            let reason = if KEYS.iter().any(|k| k.name == key) {
-                "a global setting: put it in [settings]".to_string()
-            } else {
-                unknown_key(key)
-            };
+            let reason =
+                if KEYS.iter().any(|k| k.name == key) { "a global setting: put it in [settings]".to_string() } else { unknown_key(key) };
             errors.push(ConfigError::new(at(key), reason));
             continue;
         }

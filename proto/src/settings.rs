@@ -59,17 +59,52 @@ pub struct Key {
 
 /// Every key wakegate knows, in documentation order.
 pub const KEYS: &[Key] = &[
-    Key { name: "base-domain", scope: Scope::Global, default: DEFAULT_BASE_DOMAIN, doc: "solutions are served at <name>.<base-domain>; the bare domain shows the catalog" },
+    Key {
+        name: "base-domain",
+        scope: Scope::Global,
+        default: DEFAULT_BASE_DOMAIN,
+        doc: "solutions are served at <name>.<base-domain>; the bare domain shows the catalog",
+    },
     Key { name: "listen", scope: Scope::Global, default: DEFAULT_LISTEN, doc: "public HTTP listener (restart to change)" },
-    Key { name: "admin-listen", scope: Scope::Global, default: DEFAULT_ADMIN_LISTEN, doc: "admin listener: /metrics, /healthz, /readyz, /status (restart to change)" },
+    Key {
+        name: "admin-listen",
+        scope: Scope::Global,
+        default: DEFAULT_ADMIN_LISTEN,
+        doc: "admin listener: /metrics, /healthz, /readyz, /status (restart to change)",
+    },
     Key { name: "workers", scope: Scope::Global, default: "0", doc: "runtime worker threads; 0 = one per core (restart to change)" },
     Key { name: "shutdown-grace", scope: Scope::Global, default: "30s", doc: "on SIGTERM, how long in-flight requests may take to finish" },
     Key { name: "reaper-interval", scope: Scope::Global, default: "30s", doc: "how often idle solutions are looked for" },
-    Key { name: "idle-timeout", scope: Scope::Solution, default: "30m", doc: "a solution with no request for this long is scaled to zero; 0 = never" },
-    Key { name: "hold-timeout", scope: Scope::Solution, default: "120s", doc: "how long a request is held while its solution wakes, then 503" },
-    Key { name: "max-held-requests", scope: Scope::Solution, default: "1000", doc: "held requests per solution beyond which new ones get 503" },
-    Key { name: "startup-timeout", scope: Scope::Solution, default: "60s", doc: "how long a starting solution may take to pass its readiness probe" },
-    Key { name: "stop-grace", scope: Scope::Solution, default: "10s", doc: "time between SIGTERM and SIGKILL when a process solution is stopped" },
+    Key {
+        name: "idle-timeout",
+        scope: Scope::Solution,
+        default: "30m",
+        doc: "a solution with no request for this long is scaled to zero; 0 = never",
+    },
+    Key {
+        name: "hold-timeout",
+        scope: Scope::Solution,
+        default: "120s",
+        doc: "how long a request is held while its solution wakes, then 503",
+    },
+    Key {
+        name: "max-held-requests",
+        scope: Scope::Solution,
+        default: "1000",
+        doc: "held requests per solution beyond which new ones get 503",
+    },
+    Key {
+        name: "startup-timeout",
+        scope: Scope::Solution,
+        default: "60s",
+        doc: "how long a starting solution may take to pass its readiness probe",
+    },
+    Key {
+        name: "stop-grace",
+        scope: Scope::Solution,
+        default: "10s",
+        doc: "time between SIGTERM and SIGKILL when a process solution is stopped",
+    },
     Key { name: "upstream-connect-timeout", scope: Scope::Solution, default: "5s", doc: "connect timeout to a solution's endpoint" },
 ];
 
@@ -169,10 +204,7 @@ impl Settings {
     /// Builds settings from flat key/value pairs (a ConfigMap's `data`, or the
     /// TOML `[settings]` table rendered to strings). Keys are reported as
     /// `<prefix><key>`; every problem is returned, not just the first.
-    pub fn from_pairs<'a>(
-        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-        prefix: &str,
-    ) -> Result<Settings, Vec<ConfigError>> {
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, prefix: &str) -> Result<Settings, Vec<ConfigError>> {
         let mut s = Settings::default();
         let mut errors = Vec::new();
         for (key, value) in pairs {
@@ -209,11 +241,7 @@ impl Settings {
 
 /// The reason for an unknown key, with the nearest known key as a hint.
 pub fn unknown_key(key: &str) -> String {
-    let best = KEYS
-        .iter()
-        .map(|k| (edit_distance(key, k.name), k.name))
-        .min()
-        .filter(|(d, _)| *d <= 3);
+    let best = KEYS.iter().map(|k| (edit_distance(key, k.name), k.name)).min().filter(|(d, _)| *d <= 3);
     match best {
         Some((_, name)) => format!("unknown key (did you mean {name:?}?)"),
         None => "unknown key".into(),

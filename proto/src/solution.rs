@@ -77,9 +77,7 @@ impl Upstream {
     /// Parses `http://host[:port][/]`. Paths, queries and `https` are refused
     /// with a reason (TLS to upstreams is not supported yet).
     pub fn parse(url: &str) -> Result<Upstream, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("invalid upstream {url:?}: must start with http://"))?;
+        let rest = url.strip_prefix("http://").ok_or_else(|| format!("invalid upstream {url:?}: must start with http://"))?;
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains('/') || authority.contains('?') || authority.contains('@') {
             return Err(format!("invalid upstream {url:?}: only http://host:port is allowed (no path, query or user)"));

@@ -49,12 +49,12 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0".into();
     }
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = ms / 1000;
     for (unit, secs) in [("d", 86400), ("h", 3600), ("m", 60)] {
-        if s % secs == 0 {
+        if s.is_multiple_of(secs) {
             return format!("{}{unit}", s / secs);
         }
     }
@@ -75,8 +75,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let factor: u64 = match unit {
         "" => 1,
         "k" | "K" => 1000,
-        "M" | "m" => 1000_000,
-        "G" | "g" => 1000_000_000,
+        "M" | "m" => 1_000_000,
+        "G" | "g" => 1_000_000_000,
         "Ki" | "ki" => 1 << 10,
         "Mi" => 1 << 20,
         "Gi" => 1 << 30,

@@ -103,12 +103,7 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
 }
 
-async fn forward(
-    solution: String,
-    stream: &'static str,
-    out: impl AsyncRead + Unpin,
-    tail: Option<Arc<Mutex<VecDeque<String>>>>,
-) {
+async fn forward(solution: String, stream: &'static str, out: impl AsyncRead + Unpin, tail: Option<Arc<Mutex<VecDeque<String>>>>) {
     let mut lines = BufReader::new(out).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::info!(target: "wakegate::solution", solution = %solution, stream, "{line}");

@@ -303,7 +303,8 @@ impl Supervisor {
             Err(e) => {
                 tracing::warn!(solution = self.name(), "cannot resolve upstream {}: {e}", u.host);
                 let mut next = state.to(Phase::Failed);
-                next.failure = Some(Failure { message: format!("cannot resolve {}: {e}", u.host), retry_at: Instant::now() + RESOLVE_RETRY });
+                next.failure =
+                    Some(Failure { message: format!("cannot resolve {}: {e}", u.host), retry_at: Instant::now() + RESOLVE_RETRY });
                 self.publish(next);
             }
         }

@@ -1,0 +1,65 @@
+//! The admin listener: `/metrics` (OpenMetrics), `/healthz` (the process is
+//! alive), `/readyz` (it accepts traffic; 503 while draining) and `/status`
+//! (JSON: every solution's phase, replicas, activity and effective settings).
+//! Never reachable through the public listener.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+
+use crate::body::Body;
+use crate::gateway::Gateway;
+
+/// Answers one admin request.
+pub fn handle<B>(gw: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", gw.metrics.encode()),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" if gw.draining() => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".to_string()),
+        "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+        "/status" => (StatusCode::OK, "application/json", status(gw)),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz, /readyz or /status\n".to_string()),
+    };
+    let mut r = Response::new(Body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn status(gw: &Gateway) -> String {
+    let routes = gw.routes();
+    let solutions: Vec<_> = routes
+        .list
+        .iter()
+        .map(|s| {
+            let spec = s.spec.load();
+            let state = s.handle.cell.load();
+            let settings: serde_json::Map<String, serde_json::Value> =
+                spec.settings.to_pairs().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+            serde_json::json!({
+                "name": &*s.name,
+                "kind": if spec.scales() { "process" } else { "upstream" },
+                "phase": state.phase.as_str(),
+                "replicas": state.endpoints.len(),
+                "endpoints": state.endpoints.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "last_request": s.last_request(),
+                "in_flight": s.metrics.in_flight.get(),
+                "held": s.metrics.held.get(),
+                "open_streams": s.metrics.streams.get(),
+                "wakeups": state.wakeups,
+                "eta_ms": state.eta.map(|d| d.as_millis() as u64),
+                "failure": state.failure.as_ref().map(|f| f.message.clone()),
+                "settings": settings,
+                "overrides": spec.overrides.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let v = serde_json::json!({
+        "base_domain": routes.base(),
+        "draining": gw.draining(),
+        "solutions": solutions,
+    });
+    format!("{v:#}\n")
+}

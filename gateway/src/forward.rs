@@ -1,0 +1,156 @@
+//! Header rewriting on the way to a solution and back: hop-by-hop headers go,
+//! `X-Forwarded-*` and `X-Request-Id` are set, the target becomes origin-form
+//! HTTP/1.1 whatever protocol the client spoke.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Uri, Version};
+
+use crate::request_id;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static(request_id::HEADER);
+
+/// Whether the request asks for a protocol upgrade (HTTP/1.1 `Connection: upgrade`).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+/// With `keep_upgrade`, `Upgrade` stays and `Connection: upgrade` is set.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        if conn.as_bytes().contains(&b',') || !is_plain_token(conn.as_bytes()) {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|s| s.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .collect();
+            for n in named {
+                if !(keep_upgrade && n == header::UPGRADE) {
+                    headers.remove(n);
+                }
+            }
+        } else if let Ok(n) = HeaderName::from_bytes(conn.as_bytes())
+            && !(keep_upgrade && n == header::UPGRADE)
+        {
+            headers.remove(n);
+        }
+    }
+    let upgrade = if keep_upgrade { headers.remove(header::UPGRADE) } else { None };
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if let Some(u) = upgrade {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn is_plain_token(b: &[u8]) -> bool {
+    b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+}
+
+/// Rewrites a client request for the solution: origin-form target, HTTP/1.1,
+/// `Host` kept, `X-Forwarded-*` and `X-Request-Id` set.
+pub fn to_upstream<B>(req: &mut Request<B>, client_ip: SocketAddr, host: &HeaderValue, request_id: &HeaderValue, upgrade: bool) {
+    let origin_form = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if (req.uri().scheme().is_some() || req.uri().authority().is_some())
+        && let Ok(u) = Uri::try_from(origin_form)
+    {
+        *req.uri_mut() = u;
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let h = req.headers_mut();
+    strip_hop_by_hop(h, upgrade);
+    h.insert(header::HOST, host.clone());
+    append_forwarded_for(h, client_ip);
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    h.insert(X_FORWARDED_HOST.clone(), host.clone());
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+fn append_forwarded_for(h: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_string();
+    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Rewrites a solution's response for the client.
+pub fn to_client(headers: &mut HeaderMap, request_id: &HeaderValue, switching: bool) {
+    strip_hop_by_hop(headers, switching);
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn keeps_upgrade_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn forwards_client_address_and_origin_form() {
+        let mut req = Request::builder().uri("http://nlp.localhost/a?b=1").body(()).unwrap_or_default();
+        req.headers_mut().insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        let host = HeaderValue::from_static("nlp.localhost");
+        to_upstream(
+            &mut req,
+            "127.0.0.9:5".parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            &host,
+            &HeaderValue::from_static("id1"),
+            false,
+        );
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(req.headers()["host"], "nlp.localhost");
+        assert_eq!(req.headers()["x-request-id"], "id1");
+    }
+}

@@ -1,0 +1,23 @@
+//! The wakegate gateway: the edge that routes each subdomain to its solution,
+//! holds requests while a cold solution wakes, and exports a metric for every
+//! decision. The `wakegate` binary wires it with the scaler (embedded mode).
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod catalog;
+pub mod forward;
+pub mod gateway;
+pub mod metrics;
+pub mod proxy;
+pub mod refusal;
+pub mod reload;
+pub mod request_id;
+pub mod router;
+pub mod server;
+pub mod solution;
+pub mod upstream;
+pub mod waiting;
+
+pub use body::Body;
+pub use gateway::Gateway;

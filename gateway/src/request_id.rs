@@ -1,0 +1,51 @@
+//! Request ids: kept from the client's `X-Request-Id` when it is sane, made
+//! here otherwise, and returned on every response so a user can quote it.
+
+use http::{HeaderMap, HeaderValue};
+
+/// The header that carries the id both ways.
+pub const HEADER: &str = "x-request-id";
+
+/// Longest client-supplied id that is kept.
+const MAX_LEN: usize = 128;
+
+/// The request's id: the client's if it is 1..=128 visible ASCII characters,
+/// else 16 random hex digits.
+pub fn of(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(HEADER) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= MAX_LEN && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    generate()
+}
+
+/// A fresh id.
+pub fn generate() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u64(..);
+    let mut out = [0u8; 16];
+    for b in out.iter_mut() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_sane_ids_and_replaces_others() {
+        let mut h = HeaderMap::new();
+        h.insert(HEADER, HeaderValue::from_static("abc-123"));
+        assert_eq!(of(&h), "abc-123");
+        h.insert(HEADER, HeaderValue::from_static("has space"));
+        assert_eq!(of(&h).len(), 16);
+        h.insert(HEADER, HeaderValue::from_str(&"x".repeat(200)).unwrap_or(HeaderValue::from_static("")));
+        assert_eq!(of(&h).len(), 16);
+        assert_ne!(generate(), generate());
+    }
+}

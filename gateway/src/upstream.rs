@@ -1,0 +1,184 @@
+//! Connections to solution endpoints: a lock-free pool of idle HTTP/1.1
+//! connections per endpoint, and a send that hands the request back when it
+//! never reached the solution (so the caller can retry or hold it again).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use dashmap::DashMap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{Builder, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::solution::OwnedActivity;
+
+/// Idle connections kept per endpoint; more are closed when returned.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+/// Attempts on pooled or fresh connections before giving up on an endpoint.
+const SEND_ATTEMPTS: usize = 3;
+
+/// The request body type sent upstream.
+pub type ReqBody = Incoming;
+type Sender = SendRequest<ReqBody>;
+
+/// One address serving a solution.
+pub struct Endpoint {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    in_flight: AtomicUsize,
+    idle: ArrayQueue<Sender>,
+}
+
+impl Endpoint {
+    /// Requests being forwarded to it now (for load balancing).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Every endpoint's pool, by address.
+#[derive(Default)]
+pub struct Pools {
+    map: DashMap<SocketAddr, Arc<Endpoint>>,
+}
+
+impl Pools {
+    /// The endpoint at `addr`, created on first use.
+    pub fn endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
+        if let Some(ep) = self.map.get(&addr) {
+            return ep.clone();
+        }
+        self.map
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Endpoint { addr, in_flight: AtomicUsize::new(0), idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT) }))
+            .clone()
+    }
+
+    /// Drops endpoints nobody routes to any more (and their idle connections).
+    pub fn prune(&self) {
+        self.map.retain(|_, ep| Arc::strong_count(ep) > 1 || ep.in_flight() > 0);
+    }
+}
+
+/// Why a send failed.
+pub enum SendError {
+    /// The request never reached the solution: it is handed back.
+    NotSent(Box<Request<ReqBody>>, String),
+    /// The request may have reached the solution; it cannot be retried.
+    Failed(hyper::Error),
+}
+
+/// A forwarded request's response, with what it needs when its body ends.
+pub struct Sent {
+    /// The solution's response.
+    pub response: Response<Incoming>,
+    /// The connection it came on (pooled again once the body ends cleanly).
+    pub conn: Sender,
+}
+
+/// Sends `req` to `ep`, on an idle connection or a new one.
+pub async fn send(ep: &Endpoint, mut req: Request<ReqBody>, connect_timeout: Duration) -> Result<Sent, SendError> {
+    let mut last_error = String::new();
+    for _ in 0..SEND_ATTEMPTS {
+        let mut conn = match pooled(ep).await {
+            Some(c) => c,
+            None => match connect(ep.addr, connect_timeout).await {
+                Ok(c) => c,
+                Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
+            },
+        };
+        match conn.try_send_request(req).await {
+            Ok(response) => return Ok(Sent { response, conn }),
+            Err(mut e) => match e.take_message() {
+                Some(r) => {
+                    last_error = e.into_error().to_string();
+                    req = r;
+                }
+                None => return Err(SendError::Failed(e.into_error())),
+            },
+        }
+    }
+    Err(SendError::NotSent(Box::new(req), last_error))
+}
+
+async fn pooled(ep: &Endpoint) -> Option<Sender> {
+    while let Some(mut c) = ep.idle.pop() {
+        if c.is_closed() {
+            continue;
+        }
+        if c.ready().await.is_ok() {
+            return Some(c);
+        }
+    }
+    None
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, String> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("connect to {addr}: {e}")),
+        Err(_) => return Err(format!("connect to {addr}: timed out after {timeout:?}")),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake with {addr}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, "upstream connection ended: {e}");
+        }
+    });
+    Ok(sender)
+}
+
+/// Runs when a forwarded response's body ends or is dropped: pools the
+/// connection if the body ended cleanly, records the duration, releases the
+/// in-flight count.
+pub struct Done {
+    ep: Arc<Endpoint>,
+    conn: Option<Sender>,
+    activity: Option<OwnedActivity>,
+    started: Instant,
+}
+
+impl Done {
+    /// Takes over `ep`'s in-flight count (see [`begin`]).
+    pub fn new(ep: Arc<Endpoint>, conn: Option<Sender>, activity: OwnedActivity, started: Instant) -> Self {
+        Self { ep, conn, activity: Some(activity), started }
+    }
+
+    /// The body ended; `clean` if it ended without error.
+    pub fn finish(mut self, clean: bool) {
+        if clean && let Some(c) = self.conn.take() {
+            let _ = self.ep.idle.push(c);
+        }
+    }
+
+    /// Hands the activity over (to an upgraded stream), leaving the rest.
+    pub fn take_activity(&mut self) -> Option<OwnedActivity> {
+        self.activity.take()
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.ep.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(a) = &self.activity {
+            a.solution().metrics.duration.observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Counts a request against `ep` (undone by the [`Done`] built afterwards, or
+/// by [`abort`] if nothing was forwarded).
+pub fn begin(ep: &Endpoint) {
+    ep.in_flight.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Undoes [`begin`] for a request that was not forwarded.
+pub fn abort(ep: &Endpoint) {
+    ep.in_flight.fetch_sub(1, Ordering::Relaxed);
+}
