@@ -103,11 +103,15 @@ fn run(path: PathBuf) -> ExitCode {
                 _ = int.recv() => tracing::info!("SIGINT"),
             }
         };
-        let (mut term2, mut int2) = (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok());
-        let stop_now = async move {
+        // Registered only when first polled, i.e. after the first signal, so
+        // that signal does not count as the second one.
+        let stop_now = async {
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return std::future::pending().await;
+            };
             tokio::select! {
-                Some(()) = async { match term2.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {}
-                Some(()) = async { match int2.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {}
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
         };
         wakegate::app::run(path, config, stop, stop_now).await

@@ -58,7 +58,12 @@ async fn route(gw: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>, rid:
         let routes = gw.routes();
         match routes.route(host_str) {
             Target::Solution(s) => s.clone(),
-            Target::Catalog => return catalog::respond(gw, &routes, &req, host_str),
+            Target::Catalog if req.uri().path() == "/" => return catalog::respond(gw, &routes, &req, host_str),
+            Target::Catalog => {
+                gw.metrics.rejected_unrouted("not_found");
+                let r = Refusal::new(StatusCode::NOT_FOUND, "not_found", "the base domain serves only the catalog at /");
+                return r.into_response(req.headers(), rid);
+            }
             Target::Unknown => {
                 gw.metrics.rejected_unrouted("unknown_host");
                 return Refusal::unknown_host(&crate::router::normalize_host(host_str)).into_response(req.headers(), rid);

@@ -10,6 +10,9 @@ use tokio::sync::watch;
 
 use crate::orchestrator::{IdleCheck, SolutionHandle, StopReason};
 
+/// Longest pause of the in-process loop.
+const MAX_LOCAL_TICK: Duration = Duration::from_secs(1);
+
 /// One solution as the reaper sees it.
 pub struct Candidate {
     /// Its name (for logs).
@@ -43,7 +46,9 @@ pub async fn run(source: Arc<dyn ActivitySource>, mut shutdown: watch::Receiver<
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(tick(source.interval(), shortest)) => {}
+            // In-process observations are cheap: look at least every second, so
+            // a config edit that shortens an idle timeout applies promptly.
+            _ = tokio::time::sleep(tick(source.interval(), shortest).min(MAX_LOCAL_TICK)) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }

@@ -1,0 +1,208 @@
+//! Routing, headers, the catalog, admin separation, metrics and live config,
+//! driven through the real binary.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wakegate_tests::{Wakegate, eventually, get, metric, testapp, testapp_solution};
+
+fn config(extra: &str) -> String {
+    format!("[settings]\n{}", testapp_solution("app", "", extra))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_and_refuses_the_rest() {
+    let wg = Wakegate::start(&config(""));
+    let a = wg.public;
+
+    let r = get(a, "APP.Localhost.:80", "/hello", &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "hello from app\n");
+    assert_eq!(r.header("x-request-id").len(), 16, "a request id is generated");
+
+    let r = get(a, "nope.localhost", "/hello", &[]).await.unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("no solution is served at nope.localhost"), "{}", r.body);
+    assert!(r.body.contains(r.header("x-request-id")), "the body quotes the request id");
+
+    let r = get(a, "nope.localhost", "/", &[("accept", "application/json")]).await.unwrap();
+    assert_eq!(r.status, 404);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"], "unknown_host");
+    assert_eq!(v["request_id"], r.header("x-request-id"));
+
+    for path in ["/metrics", "/status", "/healthz", "/readyz"] {
+        let r = get(a, "localhost", path, &[]).await.unwrap();
+        assert_eq!(r.status, 404, "{path} must not be served on the public listener");
+        assert!(!r.body.contains("wakegate_requests_total"));
+        // On a solution's host the path belongs to the solution.
+        let r = get(a, "app.localhost", path, &[]).await.unwrap();
+        assert!(!r.body.contains("wakegate_"), "{path} on a solution host reached the admin: {}", r.body);
+    }
+
+    let mut stream = tokio::net::TcpStream::connect(a).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 400"), "no Host: {head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_identity_headers_and_keeps_request_ids() {
+    let wg = Wakegate::start(&config(""));
+    let hdrs = [("x-request-id", "trace-42"), ("connection", "keep-alive, x-hop"), ("x-hop", "secret"), ("x-forwarded-for", "203.0.113.7")];
+    let r = get(wg.public, "app.localhost:8080", "/headers", &hdrs).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), "trace-42");
+    let seen: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(seen["x-request-id"], "trace-42");
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-host"], "app.localhost:8080");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["host"], "app.localhost:8080");
+    assert!(seen.get("x-hop").is_none(), "headers named in Connection are hop-by-hop: {seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_http2_prior_knowledge() {
+    let wg = Wakegate::start(&config(""));
+    let stream = tokio::net::TcpStream::connect(wg.public).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::post("http://app.localhost/echo").body(Full::new(Bytes::from_static(b"over h2"))).unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-request-id"].len(), 16);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"over h2");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_lists_solutions_with_their_state() {
+    let wg = Wakegate::start(&format!(
+        "[settings]\n{}{}",
+        testapp_solution("app", "", "description = \"the test app\""),
+        testapp_solution("other", "", "")
+    ));
+    let r = get(wg.public, "localhost", "/", &[("accept", "application/json")]).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["solutions"][0]["name"], "app");
+    assert_eq!(v["solutions"][0]["state"], "cold");
+    assert_eq!(v["solutions"][0]["description"], "the test app");
+    assert!(v["solutions"][0]["last_request"].is_null());
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    let r = get(wg.public, "localhost:7777", "/", &[("accept", "application/json")]).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["solutions"][0]["state"], "ready");
+    assert_eq!(v["solutions"][0]["url"], "http://app.localhost:7777/");
+    assert!(v["solutions"][0]["last_request"].as_f64().unwrap() > 1e9);
+    assert_eq!(v["solutions"][1]["state"], "cold");
+    let html = get(wg.public, "localhost", "/", &[("accept", "text/html")]).await.unwrap();
+    assert!(html.body.contains("href=\"//app.localhost/\"") && html.body.contains(">ready<"), "{}", html.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    let wg = Wakegate::start(&config(""));
+    for _ in 0..3 {
+        assert_eq!(wg.get("app", "/hello").await.status, 200);
+    }
+    assert_eq!(wg.get("app", "/status/418").await.status, 418);
+    assert_eq!(wg.get("ghost", "/").await.status, 404);
+    let m = wg.metrics().await;
+    let v = |s: &str| metric(&m, s);
+    assert_eq!(v("wakegate_requests_total{solution=\"app\",method=\"GET\",code=\"200\"}"), Some(3.0), "{m}");
+    assert_eq!(v("wakegate_requests_total{solution=\"app\",method=\"GET\",code=\"418\"}"), Some(1.0));
+    assert_eq!(v("wakegate_wakeups_total{solution=\"app\",outcome=\"ready\"}"), Some(1.0));
+    assert_eq!(v("wakegate_wakeup_duration_seconds_count{solution=\"app\"}"), Some(1.0));
+    assert_eq!(v("wakegate_request_duration_seconds_count{solution=\"app\"}"), Some(4.0));
+    assert_eq!(v("wakegate_ready_replicas{solution=\"app\"}"), Some(1.0));
+    assert_eq!(v("wakegate_in_flight_requests{solution=\"app\"}"), Some(0.0));
+    assert_eq!(v("wakegate_held_requests{solution=\"app\"}"), Some(0.0));
+    assert_eq!(v("wakegate_rejected_requests_total{solution=\"\",reason=\"unknown_host\"}"), Some(1.0));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let last = v("wakegate_last_request_timestamp_seconds{solution=\"app\"}").unwrap();
+    assert!((now - last).abs() < 10.0, "last request {last} vs now {now}");
+    assert!(m.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_edits_apply_live_and_bad_edits_are_rejected() {
+    let wg = Wakegate::start(&config("idle-timeout = \"30m\""));
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    assert_eq!(wg.phase("app").await, "ready");
+
+    // A broken edit: rejected with its key, counted, and the old config keeps serving.
+    wg.write_config(&config("idle-timeout = \"soon\""));
+    let rejected = eventually(Duration::from_secs(5), || async {
+        metric(&wg.metrics().await, "wakegate_config_reloads_total{outcome=\"failure\"}") == Some(1.0)
+    })
+    .await;
+    assert!(rejected, "bad edit not counted; log:\n{}", wg.log());
+    assert!(wg.log().contains("solution.app.idle-timeout"), "the log names the key:\n{}", wg.log());
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    assert_eq!(wg.phase("app").await, "ready", "the old idle timeout still holds");
+
+    // A good edit: a 1 s idle timeout puts the solution to sleep, no restart.
+    let pid = wg.pid();
+    wg.write_config(&config("idle-timeout = \"1s\""));
+    let slept = eventually(Duration::from_secs(8), || async { wg.phase("app").await == "cold" }).await;
+    assert!(slept, "idle timeout edit not applied; log:\n{}", wg.log());
+    assert_eq!(wg.pid(), pid);
+    let m = wg.metrics().await;
+    assert_eq!(metric(&m, "wakegate_config_reloads_total{outcome=\"success\"}"), Some(1.0));
+    assert_eq!(metric(&m, "wakegate_scale_downs_total{solution=\"app\",reason=\"idle\"}"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_every_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[settings]\nhold-timeout = \"0\"\nlisten = \"nowhere\"\n[[solution]]\nname = \"a\"\n").unwrap();
+    let out = std::process::Command::new(wakegate_tests::bin()).args(["check", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in ["settings.hold-timeout", "settings.listen", "solution.a.command"] {
+        assert!(err.contains(key), "{key} missing from:\n{err}");
+    }
+    let run = std::process::Command::new(wakegate_tests::bin()).args(["run", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(run.status.code(), Some(64), "run refuses a bad config too");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, format!("[[solution]]\nname = \"a\"\ncommand = \"python3 {} --port {{port}}\"\n", testapp().display())).unwrap();
+    let out = std::process::Command::new(wakegate_tests::bin()).args(["check", "--config"]).arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/wakegate.toml");
+    let out = std::process::Command::new(wakegate_tests::bin()).args(["check", "--config"]).arg(&example).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "the example config is valid: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_upstream_is_never_started_or_stopped() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut app = std::process::Command::new("python3")
+        .arg(testapp())
+        .args(["--name", "fixed", "--port", &port.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = eventually(Duration::from_secs(10), || async move { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() }).await;
+    assert!(up);
+    let wg = Wakegate::start(&format!("[settings]\nidle-timeout = \"1s\"\n[[solution]]\nname = \"fixed\"\nupstream = \"http://127.0.0.1:{port}\"\n"));
+    for _ in 0..3 {
+        let r = wg.get("fixed", "/hello").await;
+        assert_eq!(r.body, "hello from fixed\n");
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(wg.phase("fixed").await, "ready", "a fixed upstream never sleeps");
+    assert!(app.try_wait().unwrap().is_none(), "wakegate left the upstream alone");
+    let _ = app.kill();
+    let _ = app.wait();
+}

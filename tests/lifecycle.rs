@@ -1,0 +1,158 @@
+//! Scale to zero and back: cold starts under load, holding and its limits,
+//! idle scale-down (and what prevents it), crashes, failed starts, shutdown.
+
+use std::time::{Duration, Instant};
+
+use wakegate_tests::{Wakegate, alive, eventually, get, metric, testapp_solution};
+
+fn one(args: &str, extra: &str) -> String {
+    format!("[settings]\n{}", testapp_solution("app", args, extra))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_under_200_concurrent_requests_starts_once_and_answers_all() {
+    let wg = Wakegate::start(&one("--startup-delay 1.5", ""));
+    let addr = wg.public;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| tokio::spawn(async move { get(addr, "app.localhost", &format!("/hello?i={i}"), &[]).await }))
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, "hello from app\n");
+        ok += 1;
+    }
+    assert_eq!(ok, 200);
+    assert_eq!(wg.starts().len(), 1, "started exactly once; log:\n{}", wg.log());
+    let m = wg.metrics().await;
+    assert_eq!(metric(&m, "wakegate_wakeups_total{solution=\"app\",outcome=\"ready\"}"), Some(1.0));
+    assert_eq!(metric(&m, "wakegate_requests_total{solution=\"app\",method=\"GET\",code=\"200\"}"), Some(200.0));
+    assert_eq!(metric(&m, "wakegate_held_requests{solution=\"app\"}"), Some(0.0));
+    let wake = metric(&m, "wakegate_wakeup_duration_seconds_sum{solution=\"app\"}").unwrap();
+    assert!(wake >= 1.5, "the wake-up took at least the startup delay: {wake}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_timeout_answers_503_with_retry_after() {
+    let wg = Wakegate::start(&one("--startup-delay 6", "hold-timeout = \"1s\""));
+    let t0 = Instant::now();
+    let r = get(wg.public, "app.localhost", "/hello", &[("accept", "application/json")]).await.unwrap();
+    let took = t0.elapsed();
+    assert_eq!(r.status, 503);
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "held for the hold timeout: {took:?}");
+    let retry: u64 = r.header("retry-after").parse().expect("Retry-After in whole seconds");
+    assert!((1..=60).contains(&retry));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"], "hold_timeout");
+    assert!(v["message"].as_str().unwrap().contains("did not become ready within 1s"), "{v}");
+    let m = wg.metrics().await;
+    assert_eq!(metric(&m, "wakegate_rejected_requests_total{solution=\"app\",reason=\"hold_timeout\"}"), Some(1.0), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_hold_queue_answers_503_at_once_and_the_held_ones_still_succeed() {
+    let wg = Wakegate::start(&one("--startup-delay 3", "max-held-requests = 2"));
+    let addr = wg.public;
+    let held: Vec<_> = (0..2).map(|_| tokio::spawn(async move { get(addr, "app.localhost", "/hello", &[]).await })).collect();
+    let both_held =
+        eventually(Duration::from_secs(3), || async { metric(&wg.metrics().await, "wakegate_held_requests{solution=\"app\"}") == Some(2.0) })
+            .await;
+    assert!(both_held);
+    let t0 = Instant::now();
+    let r = get(addr, "app.localhost", "/hello", &[]).await.unwrap();
+    assert_eq!(r.status, 503);
+    assert!(t0.elapsed() < Duration::from_secs(1), "refused at once");
+    assert!(r.header("retry-after").parse::<u64>().is_ok());
+    assert!(r.body.contains("too many requests are waiting for app"), "{}", r.body);
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap().status, 200);
+    }
+    let m = wg.metrics().await;
+    assert_eq!(metric(&m, "wakegate_rejected_requests_total{solution=\"app\",reason=\"hold_full\"}"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_solution_is_stopped_and_the_next_request_starts_it_again() {
+    let wg = Wakegate::start(&one("", "idle-timeout = \"2s\""));
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    let first = wg.starts()[0];
+    let slept = eventually(Duration::from_secs(6), || async { wg.phase("app").await == "cold" }).await;
+    assert!(slept, "log:\n{}", wg.log());
+    assert!(eventually(Duration::from_secs(2), || async { !alive(first) }).await, "the process is gone");
+    let m = wg.metrics().await;
+    assert_eq!(metric(&m, "wakegate_scale_downs_total{solution=\"app\",reason=\"idle\"}"), Some(1.0));
+    assert_eq!(metric(&m, "wakegate_ready_replicas{solution=\"app\"}"), Some(0.0));
+    let r = wg.get("app", "/hello").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(wg.starts().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_request_in_flight_keeps_the_solution_awake() {
+    let wg = Wakegate::start(&one("", "idle-timeout = \"2s\""));
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    let addr = wg.public;
+    let slow = tokio::spawn(async move { get(addr, "app.localhost", "/slow?ms=5000", &[]).await });
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    assert_eq!(wg.phase("app").await, "ready", "past the idle timeout with a request in flight");
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "slow done\n");
+    assert_eq!(wg.starts().len(), 1);
+    let m = wg.metrics().await;
+    assert_eq!(metric(&m, "wakegate_scale_downs_total{solution=\"app\",reason=\"idle\"}"), None, "{m}");
+    let slept = eventually(Duration::from_secs(6), || async { wg.phase("app").await == "cold" }).await;
+    assert!(slept, "sleeps once the request is done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_solution_that_dies_is_started_again_by_the_next_request() {
+    let wg = Wakegate::start(&one("", ""));
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    let pid = wg.starts()[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let cold = eventually(Duration::from_secs(5), || async { wg.phase("app").await == "cold" }).await;
+    assert!(cold);
+    let r = wg.get("app", "/hello").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(wg.starts().len(), 2);
+    let m = wg.metrics().await;
+    assert_eq!(metric(&m, "wakegate_scale_downs_total{solution=\"app\",reason=\"exited\"}"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_solution_that_cannot_start_gets_a_clear_503_and_backs_off() {
+    let wg = Wakegate::start(&one("--fail-start", ""));
+    let r = get(wg.public, "app.localhost", "/hello", &[]).await.unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("app could not be started"), "{}", r.body);
+    assert!(r.body.contains("exited during start"), "{}", r.body);
+    assert!(!r.body.contains("boom"), "the solution's stderr never reaches the client");
+    assert!(r.header("retry-after").parse::<u64>().unwrap() >= 1);
+    // At once again: refused from the back-off, without a second start.
+    let r = get(wg.public, "app.localhost", "/hello", &[]).await.unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(wg.log().matches("started /bin/sh").count(), 1, "backs off instead of restarting at once");
+    assert!(wg.log().contains("boom: cannot start"), "stderr goes to the log");
+    let m = wg.metrics().await;
+    assert_eq!(metric(&m, "wakegate_wakeups_total{solution=\"app\",outcome=\"failed\"}"), Some(1.0));
+    assert_eq!(metric(&m, "wakegate_rejected_requests_total{solution=\"app\",reason=\"wake_failed\"}"), Some(2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_request_finish_and_leaves_no_child() {
+    let mut wg = Wakegate::start(&one("", ""));
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    let pid = wg.starts()[0];
+    let addr = wg.public;
+    let slow = tokio::spawn(async move { get(addr, "app.localhost", "/slow?ms=2000", &[]).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = tokio::task::block_in_place(|| wg.terminate(Duration::from_secs(20)));
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.status, 200, "the request in flight completed");
+    assert_eq!(r.body, "slow done\n");
+    assert!(status.success(), "exit status {status:?}; log:\n{}", wg.log());
+    assert!(!alive(pid), "no child survives");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
+}
