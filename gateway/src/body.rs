@@ -47,8 +47,15 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Body::Upstream { inner, done } => {
-                let polled = Pin::new(inner).poll_frame(cx);
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match &polled {
+                    // A body of known length may never be polled past its last
+                    // frame: hand the connection back as soon as it is complete.
+                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => {
+                        if let Some(d) = done.take() {
+                            d.finish(true);
+                        }
+                    }
                     Poll::Ready(None) => {
                         if let Some(d) = done.take() {
                             d.finish(true);
@@ -70,9 +77,7 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(d) => d.is_none(),
-            // Reporting the end here lets hyper skip a poll, but then `done` would
-            // only run on drop; keep it simple and let the poll see the end.
-            Body::Upstream { .. } => false,
+            Body::Upstream { inner, done } => done.is_none() && inner.is_end_stream(),
             Body::Channel(_) => false,
         }
     }
