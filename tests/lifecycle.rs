@@ -13,9 +13,8 @@ fn one(args: &str, extra: &str) -> String {
 async fn a_cold_start_under_200_concurrent_requests_starts_once_and_answers_all() {
     let wg = Wakegate::start(&one("--startup-delay 1.5", ""));
     let addr = wg.public;
-    let tasks: Vec<_> = (0..200)
-        .map(|i| tokio::spawn(async move { get(addr, "app.localhost", &format!("/hello?i={i}"), &[]).await }))
-        .collect();
+    let tasks: Vec<_> =
+        (0..200).map(|i| tokio::spawn(async move { get(addr, "app.localhost", &format!("/hello?i={i}"), &[]).await })).collect();
     let mut ok = 0;
     for t in tasks {
         let r = t.await.unwrap().unwrap();
@@ -55,9 +54,10 @@ async fn a_full_hold_queue_answers_503_at_once_and_the_held_ones_still_succeed()
     let wg = Wakegate::start(&one("--startup-delay 3", "max-held-requests = 2"));
     let addr = wg.public;
     let held: Vec<_> = (0..2).map(|_| tokio::spawn(async move { get(addr, "app.localhost", "/hello", &[]).await })).collect();
-    let both_held =
-        eventually(Duration::from_secs(3), || async { metric(&wg.metrics().await, "wakegate_held_requests{solution=\"app\"}") == Some(2.0) })
-            .await;
+    let both_held = eventually(Duration::from_secs(3), || async {
+        metric(&wg.metrics().await, "wakegate_held_requests{solution=\"app\"}") == Some(2.0)
+    })
+    .await;
     assert!(both_held);
     let t0 = Instant::now();
     let r = get(addr, "app.localhost", "/hello", &[]).await.unwrap();

@@ -45,6 +45,18 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, AppEr
     TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, what, source })
 }
 
+/// How often refilled rate-limiter entries are dropped.
+const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn prune_limiters(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PRUNE_INTERVAL) => gw.prune_limiters(),
+            _ = server::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
 /// Runs embedded mode with `config` (loaded from `path`) until `stop` resolves;
 /// `stop_now` cuts the drain short (a second signal).
 pub async fn run(
@@ -67,7 +79,9 @@ pub async fn run(
     let grace = config.settings.shutdown_grace;
 
     let g = gw.clone();
-    let public_task = tokio::spawn(server::serve(public, move |peer, req| proxy::handle(g.clone(), peer, req), shutdown.clone(), grace));
+    let policy: Arc<dyn server::Policy> = gw.clone();
+    let public_task =
+        tokio::spawn(server::serve(public, move |peer, req| proxy::handle(g.clone(), peer, req), policy, shutdown.clone(), grace));
     let g = gw.clone();
     let admin_task = tokio::spawn(server::serve(
         admin_l,
@@ -75,10 +89,12 @@ pub async fn run(
             let r = admin::handle(&g, &req);
             async move { r }
         },
+        Arc::new(server::Fixed(server::Options::default())),
         shutdown.clone(),
         grace,
     ));
     tokio::spawn(scaler::reaper::run(gw.clone(), shutdown.clone()));
+    tokio::spawn(prune_limiters(gw.clone(), shutdown.clone()));
     tokio::spawn(reload::watch(path, gw.clone(), shutdown.clone()));
 
     let base = &config.settings.base_domain;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri, Version};
 
+use crate::client::Client;
 use crate::request_id;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
@@ -74,7 +75,7 @@ fn is_plain_token(b: &[u8]) -> bool {
 
 /// Rewrites a client request for the solution: origin-form target, HTTP/1.1,
 /// `Host` kept, `X-Forwarded-*` and `X-Request-Id` set.
-pub fn to_upstream<B>(req: &mut Request<B>, client_ip: SocketAddr, host: &HeaderValue, request_id: &HeaderValue, upgrade: bool) {
+pub fn to_upstream<B>(req: &mut Request<B>, peer: SocketAddr, client: Client, host: &HeaderValue, request_id: &HeaderValue, upgrade: bool) {
     let origin_form = req.uri().path_and_query().map_or("/", |p| p.as_str());
     if (req.uri().scheme().is_some() || req.uri().authority().is_some())
         && let Ok(u) = Uri::try_from(origin_form)
@@ -85,7 +86,12 @@ pub fn to_upstream<B>(req: &mut Request<B>, client_ip: SocketAddr, host: &Header
     let h = req.headers_mut();
     strip_hop_by_hop(h, upgrade);
     h.insert(header::HOST, host.clone());
-    append_forwarded_for(h, client_ip);
+    if client.forwarded_trusted {
+        append_forwarded_for(h, peer);
+    } else {
+        // From an untrusted peer, a forwarded chain is a claim, not a fact.
+        h.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_str(&client.ip.to_string()).unwrap_or(HeaderValue::from_static("unknown")));
+    }
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     h.insert(X_FORWARDED_HOST.clone(), host.clone());
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -141,15 +147,14 @@ mod tests {
         let mut req = Request::builder().uri("http://nlp.localhost/a?b=1").body(()).unwrap_or_default();
         req.headers_mut().insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         let host = HeaderValue::from_static("nlp.localhost");
-        to_upstream(
-            &mut req,
-            "127.0.0.9:5".parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-            &host,
-            &HeaderValue::from_static("id1"),
-            false,
-        );
+        let peer: SocketAddr = "127.0.0.9:5".parse().unwrap();
+        let trusted = Client { ip: "10.0.0.1".parse().unwrap(), forwarded_trusted: true };
+        to_upstream(&mut req, peer, trusted, &host, &HeaderValue::from_static("id1"), false);
         assert_eq!(req.uri(), "/a?b=1");
         assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        let untrusted = Client { ip: "127.0.0.9".parse().unwrap(), forwarded_trusted: false };
+        to_upstream(&mut req, peer, untrusted, &host, &HeaderValue::from_static("id1"), false);
+        assert_eq!(req.headers()["x-forwarded-for"], "127.0.0.9");
         assert_eq!(req.headers()["host"], "nlp.localhost");
         assert_eq!(req.headers()["x-request-id"], "id1");
     }

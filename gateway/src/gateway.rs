@@ -51,7 +51,7 @@ impl Gateway {
         for spec in &config.solutions {
             match old.get(&spec.name) {
                 Some(rt) if rt.spec.load().scales() == spec.scales() => {
-                    rt.spec.store(Arc::new(spec.clone()));
+                    rt.update(spec.clone(), config.settings.rate_limit_max_clients.get());
                     list.push(rt.clone());
                 }
                 _ => {
@@ -60,7 +60,7 @@ impl Gateway {
                         continue;
                     };
                     let metrics = self.metrics.solution(&spec.name);
-                    list.push(Arc::new(SolutionRt::new(spec.clone(), handle, metrics)));
+                    list.push(Arc::new(SolutionRt::new(spec.clone(), handle, metrics, config.settings.rate_limit_max_clients.get())));
                 }
             }
         }
@@ -84,6 +84,23 @@ impl Gateway {
         self.settings.load_full()
     }
 
+    /// The current settings, borrowed (cheaper on the request path).
+    pub fn settings_ref(&self) -> Guard<Arc<Settings>> {
+        self.settings.load()
+    }
+
+    /// Drops refilled rate-limiter entries and reports how many remain.
+    pub fn prune_limiters(&self) {
+        let mut clients = 0;
+        for s in &self.routes.load().list {
+            if let Some(l) = &s.limits.load().client {
+                l.prune();
+                clients += l.clients();
+            }
+        }
+        self.metrics.rate_limiter_clients(clients);
+    }
+
     /// The orchestrator.
     pub fn orchestrator(&self) -> &Arc<dyn Orchestrator> {
         &self.orchestrator
@@ -97,6 +114,25 @@ impl Gateway {
     /// Whether it is shutting down.
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+}
+
+impl crate::server::Policy for Gateway {
+    fn options(&self) -> crate::server::Options {
+        let s = self.settings.load();
+        crate::server::Options {
+            proxy_protocol: s.proxy_protocol,
+            limit_connections: s.limit_connections,
+            header_timeout: s.client_header_timeout,
+            keepalive: s.keepalive_timeout,
+            max_header_size: s.max_header_size,
+            max_headers: s.max_headers,
+            h2_max_streams: s.http2_max_concurrent_streams,
+        }
+    }
+
+    fn rejected(&self, reason: &'static str) {
+        self.metrics.rejected_unrouted(reason);
     }
 }
 

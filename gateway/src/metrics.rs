@@ -96,6 +96,7 @@ pub struct Metrics {
     scale_downs: Family<ReasonLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    limiter_clients: Gauge,
 }
 
 impl Default for Metrics {
@@ -121,6 +122,7 @@ impl Metrics {
             scale_downs: Family::default(),
             rejected: Family::default(),
             reloads: Family::default(),
+            limiter_clients: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(names::REQUESTS, "Requests answered for a solution, by method and status code", m.requests.clone());
@@ -139,6 +141,11 @@ impl Metrics {
         registry.register(names::SCALE_DOWNS, "Scale-downs to zero, by reason (idle, exited, removed, shutdown)", m.scale_downs.clone());
         registry.register(names::REJECTED, "Requests refused by the gateway, by reason", m.rejected.clone());
         registry.register(names::CONFIG_RELOADS, "Configuration reloads, by outcome (success, failure)", m.reloads.clone());
+        registry.register(
+            "rate_limiter_clients",
+            "Client addresses tracked by the per-client rate limiters (bounded by rate-limit-max-clients per solution)",
+            m.limiter_clients.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -176,6 +183,11 @@ impl Metrics {
     /// Counts a refusal that belongs to no solution (unknown host, bad request).
     pub fn rejected_unrouted(&self, reason: &'static str) {
         self.rejected.get_or_create(&ReasonLabels { solution: String::new(), reason }).inc();
+    }
+
+    /// Sets the number of tracked rate-limited clients.
+    pub fn rate_limiter_clients(&self, n: usize) {
+        self.limiter_clients.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts a configuration reload.

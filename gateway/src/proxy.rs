@@ -14,8 +14,11 @@ use hyper_util::rt::TokioIo;
 use proto::Phase;
 
 use crate::body::Body;
+use crate::client::{self, Client};
 use crate::forward;
 use crate::gateway::Gateway;
+use crate::limits::body::BodyError;
+use crate::limits::{BodyLimit, LimitedBody, Verdict};
 use crate::refusal::Refusal;
 use crate::request_id;
 use crate::router::Target;
@@ -45,6 +48,15 @@ fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {
 }
 
 async fn route(gw: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>, rid: &HeaderValue, started: Instant) -> Response<Body> {
+    let (max_uri, client) = {
+        let s = gw.settings_ref();
+        (s.max_uri_length, client::identify(peer.ip(), req.headers(), &s.trusted_proxies))
+    };
+    if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > max_uri {
+        gw.metrics.rejected_unrouted("uri_too_long");
+        let r = Refusal::new(StatusCode::URI_TOO_LONG, "uri_too_long", format!("the request target is longer than {max_uri} bytes"));
+        return r.into_response(req.headers(), rid);
+    }
     let Some(host) = host_of(&req) else {
         gw.metrics.rejected_unrouted("missing_host");
         let r = Refusal::new(StatusCode::BAD_REQUEST, "missing_host", "the request names no host (Host header)");
@@ -73,11 +85,45 @@ async fn route(gw: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>, rid:
     if req.uri().path() == waiting::STATUS_PATH {
         return waiting::status(&sol, req.headers());
     }
+    if let Some(refused) = rate_limit(&sol, client, req.headers(), rid) {
+        sol.metrics.request(req.method(), refused.status().as_u16());
+        return refused;
+    }
     sol.metrics.touch();
     let method = req.method().clone();
-    let resp = forward(gw, &sol, peer, req, rid, host, started).await;
+    let resp = forward(gw, &sol, peer, client, req, rid, host, started).await;
     sol.metrics.request(&method, resp.status().as_u16());
     resp
+}
+
+/// Per-client, then per-solution rate: `None` if allowed, else the 429.
+fn rate_limit(sol: &SolutionRt, client: Client, headers: &HeaderMap, rid: &HeaderValue) -> Option<Response<Body>> {
+    let limits = sol.limits.load();
+    let checks = [
+        limits.client.as_ref().map(|l| (l, l.check_key(proto::net::client_key(client.ip)), "client")),
+        limits.solution.as_ref().map(|l| (l, l.check(), "solution")),
+    ];
+    for (limiter, verdict, scope) in checks.into_iter().flatten() {
+        let Verdict::Deny { retry_after } = verdict else { continue };
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        tracing::info!(solution = %sol.name, client = %client.ip, scope, "rate limited for {retry_after:?}");
+        let msg = if scope == "client" {
+            format!("too many requests from your address to {}; retry in {secs} s", sol.name)
+        } else {
+            format!("{} is receiving too many requests; retry in {secs} s", sol.name)
+        };
+        let mut resp = refuse(sol, Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", msg).retry_after(secs), headers, rid);
+        let h = resp.headers_mut();
+        let policy = format!("\"{scope}\";q={};w={}", limiter.burst(), limiter.window_secs());
+        if let Ok(v) = HeaderValue::from_str(&policy) {
+            h.insert("ratelimit-policy", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{scope}\";r=0;t={secs}")) {
+            h.insert("ratelimit", v);
+        }
+        return Some(resp);
+    }
+    None
 }
 
 fn refuse(sol: &SolutionRt, r: Refusal, headers: &HeaderMap, rid: &HeaderValue) -> Response<Body> {
@@ -85,10 +131,12 @@ fn refuse(sol: &SolutionRt, r: Refusal, headers: &HeaderMap, rid: &HeaderValue) 
     r.into_response(headers, rid)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     gw: &Arc<Gateway>,
     sol: &Arc<SolutionRt>,
     peer: SocketAddr,
+    client: Client,
     mut req: Request<Incoming>,
     rid: &HeaderValue,
     host: HeaderValue,
@@ -103,8 +151,15 @@ async fn forward(
     if let Some(a) = req.headers().get(header::ACCEPT) {
         reply_headers.insert(header::ACCEPT, a.clone());
     }
+    let declared = http_body::Body::size_hint(req.body()).exact();
+    if settings.max_body_size > 0 && declared.is_some_and(|n| n > settings.max_body_size) {
+        let msg = format!("the request body is larger than {} bytes", settings.max_body_size);
+        return refuse(sol, Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", msg), &reply_headers, rid);
+    }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    forward::to_upstream(&mut req, peer, &host, rid, upgrade);
+    forward::to_upstream(&mut req, peer, client, &host, rid, upgrade);
+    let limit = BodyLimit { max: settings.max_body_size, timeout: settings.client_body_timeout };
+    let mut req = req.map(|b| LimitedBody::new(b, limit));
 
     let deadline = started + settings.hold_timeout;
     let mut held: Option<Activity<'_>> = None;
@@ -122,7 +177,15 @@ async fn forward(
                 // nothing is in flight, so one of the two sees the other.
                 if sol.handle.cell.phase() == Phase::Ready {
                     upstream::begin(&ep);
-                    match upstream::send(&ep, req, settings.upstream_connect_timeout).await {
+                    let sending = upstream::send(&ep, req, settings.upstream_connect_timeout);
+                    let Ok(sent) = tokio::time::timeout(settings.upstream_response_timeout, sending).await else {
+                        upstream::abort(&ep);
+                        let wait = proto::units::format_duration(settings.upstream_response_timeout);
+                        tracing::warn!(solution = %sol.name, endpoint = %ep.addr, "no response within {wait}");
+                        let msg = format!("{} did not answer within {wait}", sol.name);
+                        return refuse(sol, Refusal::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", msg), &reply_headers, rid);
+                    };
+                    match sent {
                         Ok(sent) => return respond(ep, sent, activity, client_upgrade, rid, started),
                         Err(SendError::NotSent(r, why)) => {
                             upstream::abort(&ep);
@@ -143,9 +206,7 @@ async fn forward(
                         }
                         Err(SendError::Failed(e)) => {
                             upstream::abort(&ep);
-                            tracing::warn!(solution = %sol.name, endpoint = %ep.addr, "upstream failed: {e}");
-                            let msg = format!("{} closed the connection without a complete answer", sol.name);
-                            return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_error", msg), &reply_headers, rid);
+                            return refuse(sol, classify(sol, &e), &reply_headers, rid);
                         }
                     }
                 }
@@ -191,6 +252,29 @@ async fn forward(
                 let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "hold_timeout", msg).retry_after(retry_hint(&state));
                 return refuse(sol, r, &reply_headers, rid);
             }
+        }
+    }
+}
+
+/// The refusal for a failed send: the client's body broke a limit, or the solution failed.
+fn classify(sol: &SolutionRt, e: &hyper::Error) -> Refusal {
+    match BodyError::find(e) {
+        Some(BodyError::TooLarge(max)) => {
+            tracing::info!(solution = %sol.name, "request body cut at {max} bytes");
+            Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is larger than {max} bytes"))
+        }
+        Some(BodyError::Timeout(t)) => {
+            tracing::info!(solution = %sol.name, "request body stalled for {t:?}");
+            Refusal::new(StatusCode::REQUEST_TIMEOUT, "client_timeout", format!("the request body stalled for more than {t:?}"))
+        }
+        Some(BodyError::Client(err)) => {
+            tracing::debug!(solution = %sol.name, "client went away mid-body: {err}");
+            Refusal::new(StatusCode::BAD_REQUEST, "client_aborted", "the request body was not received completely")
+        }
+        None => {
+            tracing::warn!(solution = %sol.name, "upstream failed: {e}");
+            let msg = format!("{} closed the connection without a complete answer", sol.name);
+            Refusal::new(StatusCode::BAD_GATEWAY, "upstream_error", msg)
         }
     }
 }

@@ -11,6 +11,7 @@ use proto::{Phase, SolutionSpec};
 use scaler::SolutionHandle;
 use scaler::reaper::{Candidate, Observed};
 
+use crate::limits::RateLimiter;
 use crate::metrics::SolutionMetrics;
 use crate::upstream::{Endpoint, Pools};
 
@@ -19,6 +20,28 @@ struct EndpointSet {
     /// The state's address list this set was built from (compared by pointer).
     addrs: Arc<[SocketAddr]>,
     endpoints: Vec<Arc<Endpoint>>,
+}
+
+/// A solution's rate limiters, rebuilt only when their settings change (so an
+/// unrelated edit keeps every client's state).
+pub struct Limiters {
+    key: (u32, u32, u32, u32),
+    /// Per client, if `rate-limit-rps` > 0.
+    pub client: Option<RateLimiter>,
+    /// All clients together, if `solution-rate-limit-rps` > 0.
+    pub solution: Option<RateLimiter>,
+}
+
+impl Limiters {
+    fn new(s: &proto::SolutionSettings, max_clients: u32) -> Self {
+        let key = (s.rate_limit_rps, s.rate_limit_burst, s.solution_rate_limit_rps, max_clients);
+        let max = usize::try_from(max_clients).unwrap_or(usize::MAX);
+        Self {
+            key,
+            client: (s.rate_limit_rps > 0).then(|| RateLimiter::new(s.rate_limit_rps, s.rate_limit_burst, max)),
+            solution: (s.solution_rate_limit_rps > 0).then(|| RateLimiter::new(s.solution_rate_limit_rps, 0, 1)),
+        }
+    }
 }
 
 /// One solution.
@@ -32,19 +55,32 @@ pub struct SolutionRt {
     /// Its metrics and activity counters.
     pub metrics: SolutionMetrics,
     endpoints: ArcSwap<EndpointSet>,
+    /// Its rate limiters.
+    pub limits: ArcSwap<Limiters>,
 }
 
 impl SolutionRt {
     /// A solution with no endpoints yet.
-    pub fn new(spec: SolutionSpec, handle: SolutionHandle, metrics: SolutionMetrics) -> Self {
+    pub fn new(spec: SolutionSpec, handle: SolutionHandle, metrics: SolutionMetrics, max_clients: u32) -> Self {
         let empty = EndpointSet { addrs: Arc::from(Vec::new()), endpoints: Vec::new() };
+        let limits = ArcSwap::from_pointee(Limiters::new(&spec.settings, max_clients));
         Self {
             name: Arc::from(spec.name.as_str()),
             spec: ArcSwap::from_pointee(spec),
             handle,
             metrics,
             endpoints: ArcSwap::from_pointee(empty),
+            limits,
         }
+    }
+
+    /// Takes a new spec; rebuilds the rate limiters only if their settings changed.
+    pub fn update(&self, spec: SolutionSpec, max_clients: u32) {
+        let fresh = Limiters::new(&spec.settings, max_clients);
+        if fresh.key != self.limits.load().key {
+            self.limits.store(Arc::new(fresh));
+        }
+        self.spec.store(Arc::new(spec));
     }
 
     /// Picks an endpoint among `addrs` (the current ready set): the less busy of

@@ -11,6 +11,8 @@ use crossbeam_queue::ArrayQueue;
 use dashmap::DashMap;
 use http::{Request, Response};
 use hyper::body::Incoming;
+
+use crate::limits::LimitedBody;
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -23,7 +25,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 const SEND_ATTEMPTS: usize = 3;
 
 /// The request body type sent upstream.
-pub type ReqBody = Incoming;
+pub type ReqBody = LimitedBody;
 type Sender = SendRequest<ReqBody>;
 
 /// One address serving a solution.

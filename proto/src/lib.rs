@@ -6,6 +6,7 @@
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod net;
 pub mod phase;
 pub mod settings;
 pub mod solution;

@@ -8,7 +8,8 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use crate::error::ConfigError;
-use crate::units::{format_duration, parse_duration};
+use crate::net::{Cidr, parse_cidrs};
+use crate::units::{format_duration, parse_duration, parse_size};
 
 /// Public listener: loopback, so a first run exposes nothing by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -34,6 +35,33 @@ pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// 30 s between idle checks; the embedded reaper also checks at a quarter of the
 /// shortest idle timeout, so short test timeouts are honoured promptly.
 pub const DEFAULT_REAPER_INTERVAL: Duration = Duration::from_secs(30);
+
+/// 16 MiB, ingress-nginx's common `proxy-body-size`: enough for documents and
+/// images sent to a demo, small enough that a flood of bodies cannot fill memory
+/// or disks behind us.
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 16 << 20;
+/// 32 KiB of request line + headers, nginx's `large_client_header_buffers 4 8k`.
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
+/// 100 header fields: hyper's default, ample for browsers (they send ~20).
+pub const DEFAULT_MAX_HEADERS: u32 = 100;
+/// 8 KiB request target, nginx's limit.
+pub const DEFAULT_MAX_URI_LENGTH: u64 = 8 << 10;
+/// 15 s to send a request's headers: a slow mobile link needs ~1 s, a slowloris
+/// attacker needs them open for minutes.
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// 60 s between two reads of a request body (nginx's `client_body_timeout`).
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// 75 s idle keep-alive, nginx's default (longer than most clients' own idle close).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// 300 s for a solution's response headers: AI inference can take minutes,
+/// and a held request's wake-up is not counted here.
+pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+/// 100 concurrent HTTP/2 streams per connection (RFC 9113's recommended minimum).
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
+/// 100,000 rate-limited clients tracked per solution (~6 MiB); beyond it new
+/// clients share one bucket, so a spoofed flood cannot grow memory or evict
+/// established clients.
+pub const DEFAULT_RATE_LIMIT_MAX_CLIENTS: u32 = 100_000;
 
 /// Where a key may be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +103,67 @@ pub const KEYS: &[Key] = &[
     Key { name: "workers", scope: Scope::Global, default: "0", doc: "runtime worker threads; 0 = one per core (restart to change)" },
     Key { name: "shutdown-grace", scope: Scope::Global, default: "30s", doc: "on SIGTERM, how long in-flight requests may take to finish" },
     Key { name: "reaper-interval", scope: Scope::Global, default: "30s", doc: "how often idle solutions are looked for" },
+    Key {
+        name: "trusted-proxies",
+        scope: Scope::Global,
+        default: "",
+        doc: "CIDRs of proxies whose X-Forwarded-For is believed (right-most untrusted hop is the client)",
+    },
+    Key {
+        name: "proxy-protocol",
+        scope: Scope::Global,
+        default: "false",
+        doc: "expect a PROXY protocol v1/v2 header on every connection (NLB); refuse connections without one",
+    },
+    Key { name: "limit-connections", scope: Scope::Global, default: "0", doc: "open connections per client address; 0 = unlimited" },
+    Key {
+        name: "rate-limit-max-clients",
+        scope: Scope::Global,
+        default: "100000",
+        doc: "clients tracked per rate limiter; beyond it new clients share one bucket",
+    },
+    Key { name: "max-header-size", scope: Scope::Global, default: "32Ki", doc: "request line + headers; larger → 431" },
+    Key { name: "max-headers", scope: Scope::Global, default: "100", doc: "header fields per request; more → 431" },
+    Key { name: "max-uri-length", scope: Scope::Global, default: "8Ki", doc: "request target length; longer → 414" },
+    Key {
+        name: "client-header-timeout",
+        scope: Scope::Global,
+        default: "15s",
+        doc: "time to receive a request's headers; slower → 408 and close",
+    },
+    Key { name: "keepalive-timeout", scope: Scope::Global, default: "75s", doc: "idle time before a keep-alive connection is closed" },
+    Key { name: "http2-max-concurrent-streams", scope: Scope::Global, default: "100", doc: "concurrent streams per HTTP/2 connection" },
+    Key {
+        name: "rate-limit-rps",
+        scope: Scope::Solution,
+        default: "0",
+        doc: "requests per second per client (IPv4 address or IPv6 /64); 0 = unlimited",
+    },
+    Key {
+        name: "rate-limit-burst",
+        scope: Scope::Solution,
+        default: "0",
+        doc: "requests a client may send at once above its rate; 0 = one second's worth",
+    },
+    Key {
+        name: "solution-rate-limit-rps",
+        scope: Scope::Solution,
+        default: "0",
+        doc: "requests per second to the solution from all clients together (per replica); 0 = unlimited",
+    },
+    Key { name: "max-body-size", scope: Scope::Solution, default: "16Mi", doc: "request body size; larger → 413; 0 = unlimited" },
+    Key {
+        name: "client-body-timeout",
+        scope: Scope::Solution,
+        default: "60s",
+        doc: "longest pause between two reads of a request body → 408",
+    },
+    Key {
+        name: "upstream-response-timeout",
+        scope: Scope::Solution,
+        default: "300s",
+        doc: "time for a solution to send its response headers → 504",
+    },
     Key {
         name: "idle-timeout",
         scope: Scope::Solution,
@@ -123,6 +212,18 @@ pub struct SolutionSettings {
     pub stop_grace: Duration,
     /// Connect timeout to an endpoint.
     pub upstream_connect_timeout: Duration,
+    /// Requests per second per client; 0 = unlimited.
+    pub rate_limit_rps: u32,
+    /// Burst above the rate; 0 = one second's worth.
+    pub rate_limit_burst: u32,
+    /// Requests per second to the solution from all clients; 0 = unlimited.
+    pub solution_rate_limit_rps: u32,
+    /// Largest request body in bytes; 0 = unlimited.
+    pub max_body_size: u64,
+    /// Longest pause while reading a request body.
+    pub client_body_timeout: Duration,
+    /// Longest wait for a solution's response headers.
+    pub upstream_response_timeout: Duration,
 }
 
 impl Default for SolutionSettings {
@@ -134,6 +235,12 @@ impl Default for SolutionSettings {
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             stop_grace: DEFAULT_STOP_GRACE,
             upstream_connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+            rate_limit_rps: 0,
+            rate_limit_burst: 0,
+            solution_rate_limit_rps: 0,
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
+            client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
+            upstream_response_timeout: DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
         }
     }
 }
@@ -149,6 +256,12 @@ impl SolutionSettings {
             "startup-timeout" => self.startup_timeout = positive(parse_duration(value)?)?,
             "stop-grace" => self.stop_grace = parse_duration(value)?,
             "upstream-connect-timeout" => self.upstream_connect_timeout = positive(parse_duration(value)?)?,
+            "rate-limit-rps" => self.rate_limit_rps = parse_u32(value)?,
+            "rate-limit-burst" => self.rate_limit_burst = parse_u32(value)?,
+            "solution-rate-limit-rps" => self.solution_rate_limit_rps = parse_u32(value)?,
+            "max-body-size" => self.max_body_size = parse_size(value)?,
+            "client-body-timeout" => self.client_body_timeout = positive(parse_duration(value)?)?,
+            "upstream-response-timeout" => self.upstream_response_timeout = positive(parse_duration(value)?)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -163,6 +276,12 @@ impl SolutionSettings {
             ("startup-timeout", format_duration(self.startup_timeout)),
             ("stop-grace", format_duration(self.stop_grace)),
             ("upstream-connect-timeout", format_duration(self.upstream_connect_timeout)),
+            ("rate-limit-rps", self.rate_limit_rps.to_string()),
+            ("rate-limit-burst", self.rate_limit_burst.to_string()),
+            ("solution-rate-limit-rps", self.solution_rate_limit_rps.to_string()),
+            ("max-body-size", self.max_body_size.to_string()),
+            ("client-body-timeout", format_duration(self.client_body_timeout)),
+            ("upstream-response-timeout", format_duration(self.upstream_response_timeout)),
         ]
     }
 }
@@ -182,6 +301,26 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Period of the idle check.
     pub reaper_interval: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Whether every connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// Open connections per client; 0 = unlimited.
+    pub limit_connections: u32,
+    /// Clients tracked per rate limiter.
+    pub rate_limit_max_clients: NonZeroU32,
+    /// Largest request line + headers, bytes.
+    pub max_header_size: usize,
+    /// Most header fields per request.
+    pub max_headers: usize,
+    /// Longest request target, bytes.
+    pub max_uri_length: usize,
+    /// Time to receive a request's headers.
+    pub client_header_timeout: Duration,
+    /// Idle keep-alive time.
+    pub keepalive_timeout: Duration,
+    /// Concurrent streams per HTTP/2 connection.
+    pub http2_max_concurrent_streams: u32,
     /// Defaults for every solution.
     pub solution: SolutionSettings,
 }
@@ -195,6 +334,16 @@ impl Default for Settings {
             workers: 0,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             reaper_interval: DEFAULT_REAPER_INTERVAL,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            limit_connections: 0,
+            rate_limit_max_clients: NonZeroU32::new(DEFAULT_RATE_LIMIT_MAX_CLIENTS).unwrap_or(NonZeroU32::MIN),
+            max_header_size: DEFAULT_MAX_HEADER_SIZE as usize,
+            max_headers: DEFAULT_MAX_HEADERS as usize,
+            max_uri_length: DEFAULT_MAX_URI_LENGTH as usize,
+            client_header_timeout: DEFAULT_CLIENT_HEADER_TIMEOUT,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            http2_max_concurrent_streams: DEFAULT_H2_MAX_STREAMS,
             solution: SolutionSettings::default(),
         }
     }
@@ -229,6 +378,16 @@ impl Settings {
             }
             "shutdown-grace" => self.shutdown_grace = parse_duration(value)?,
             "reaper-interval" => self.reaper_interval = positive(parse_duration(value)?)?,
+            "trusted-proxies" => self.trusted_proxies = parse_cidrs(value)?,
+            "proxy-protocol" => self.proxy_protocol = parse_bool(value)?,
+            "limit-connections" => self.limit_connections = parse_u32(value)?,
+            "rate-limit-max-clients" => self.rate_limit_max_clients = parse_nonzero(value)?,
+            "max-header-size" => self.max_header_size = bounded_size(value, 8192, 1 << 20)?,
+            "max-headers" => self.max_headers = bounded_size(value, 8, 10_000)?,
+            "max-uri-length" => self.max_uri_length = bounded_size(value, 64, 1 << 20)?,
+            "client-header-timeout" => self.client_header_timeout = positive(parse_duration(value)?)?,
+            "keepalive-timeout" => self.keepalive_timeout = positive(parse_duration(value)?)?,
+            "http2-max-concurrent-streams" => self.http2_max_concurrent_streams = parse_nonzero(value)?.get(),
             _ => {
                 if !self.solution.set(key, value)? {
                     return Err(unknown_key(key));
@@ -259,6 +418,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+fn parse_u32(value: &str) -> Result<u32, String> {
+    value.trim().parse::<u32>().map_err(|_| format!("expected a whole number from 0 to {}, got {value:?}", u32::MAX))
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(format!("expected true or false, got {value:?}")),
+    }
+}
+
+fn bounded_size(value: &str, min: u64, max: u64) -> Result<usize, String> {
+    let n = parse_size(value)?;
+    if !(min..=max).contains(&n) {
+        return Err(format!("{n} is out of range ({min} to {max})"));
+    }
+    usize::try_from(n).map_err(|_| "too large".to_string())
 }
 
 fn positive(d: Duration) -> Result<Duration, String> {

@@ -1,0 +1,234 @@
+//! The certificate side against real servers: pebble (ACME CA) validating
+//! DNS-01 against knotd, records written by RFC 2136 + TSIG or by an exec
+//! hook. Needs `scripts/install-deps acme`.
+//!
+//! What a user sees: a certificate for `*.aim.test` + `aim.test` that a
+//! client trusting pebble's root accepts for both names; the challenge
+//! records gone afterwards; the same ACME account across restarts; a DNS
+//! failure counted and classified while the old certificate keeps serving.
+
+#[path = "acme/rig.rs"]
+mod rig;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::registry::Registry;
+use rig::{Error, Options, Rig, ZONE};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use wakegate::tls::acme::{Acme, AcmeConfig, AcmeError, Eab};
+use wakegate::tls::certkey::{CertBundle, provider};
+use wakegate::tls::dns::{DnsError, DnsFuture, DnsProvider};
+use wakegate::tls::exec::Exec;
+use wakegate::tls::renew::{Outcome, Renewer};
+use wakegate::tls::rfc2136::{Rfc2136, TsigKey};
+use wakegate::tls::store::{CertStore, DirStore};
+use wakegate::tls::{CertResolver, TlsMetrics, selfsigned, server_config, sni_of};
+
+const OWNER: &str = "_acme-challenge.aim.test";
+
+fn config(rig: &Rig, eab: Option<Eab>) -> AcmeConfig {
+    AcmeConfig {
+        directory: rig.directory.clone(),
+        contact: vec!["mailto:ops@aim.test".into()],
+        ca_file: Some(rig.ca_file.clone()),
+        eab,
+        base: ZONE.into(),
+        zone: ZONE.into(),
+        nameservers: vec![rig.dns],
+        propagation_timeout: Duration::from_secs(10),
+        propagation_delay: Duration::ZERO,
+        order_timeout: Duration::from_secs(30),
+        lock_stale_after: Duration::from_secs(600),
+    }
+}
+
+/// Wraps a provider and, just before each cleanup (that is, after the CA has
+/// validated), records what knot serves at the owner.
+struct Observed {
+    inner: Arc<dyn DnsProvider>,
+    dns: std::net::SocketAddr,
+    seen_before_cleanup: Mutex<Vec<Vec<String>>>,
+}
+
+impl DnsProvider for Observed {
+    fn present<'a>(&'a self, fqdn: &'a str, value: &'a str) -> DnsFuture<'a> {
+        self.inner.present(fqdn, value)
+    }
+
+    fn cleanup<'a>(&'a self, fqdn: &'a str, value: &'a str) -> DnsFuture<'a> {
+        Box::pin(async move {
+            let name = wakegate::tls::dns::fqdn(fqdn)?;
+            let values = wakegate::tls::propagation::query_txt(self.dns, &name, Duration::from_secs(2)).await?;
+            if let Ok(mut seen) = self.seen_before_cleanup.lock() {
+                seen.push(values);
+            }
+            self.inner.cleanup(fqdn, value).await
+        })
+    }
+}
+
+/// Serves `resolver` with the gateway's server config and connects a client
+/// that trusts only `root`, with `sni`; returns the SNI the server saw and the
+/// ALPN protocol agreed.
+async fn handshake(resolver: Arc<CertResolver>, root: &CertificateDer<'static>, sni: &str) -> Result<(String, Vec<u8>), Error> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(resolver)?);
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await?;
+        let tls = acceptor.accept(tcp).await?;
+        Ok::<_, std::io::Error>(sni_of(&tls).unwrap_or_default().to_string())
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone())?;
+    let mut client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tls = connector.connect(ServerName::try_from(sni.to_string())?, TcpStream::connect(addr).await?).await;
+    let seen = server.await?;
+    let tls = tls?;
+    Ok((seen?, tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec()))
+}
+
+fn leaf(bundle: &CertBundle) -> Result<Vec<u8>, Error> {
+    Ok(bundle.chain_der()?.remove(0).to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc2136_wildcard_certificate_is_served_renewed_and_the_account_reused() -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    let rig = Rig::start(Options::default()).await?;
+    let store_dir = rig.dir.path().join("tls");
+    let store: Arc<dyn CertStore> = Arc::new(DirStore::new(&store_dir));
+    let rfc2136: Arc<dyn DnsProvider> = Arc::new(Rfc2136::new(rig.dns.to_string(), ZONE, &rig.tsig_key()?)?);
+    let observed = Arc::new(Observed { inner: rfc2136.clone(), dns: rig.dns, seen_before_cleanup: Mutex::new(Vec::new()) });
+    let acme = Arc::new(Acme::new(config(&rig, None), store.clone(), observed.clone()));
+
+    // First start: nothing stored, so the renewer orders at once.
+    let mut registry = Registry::with_prefix("wakegate");
+    let metrics = TlsMetrics::register(&mut registry);
+    let resolver = Arc::new(CertResolver::new());
+    let mut renewer = Renewer::new(acme.clone(), resolver.clone(), metrics.clone());
+    let tick = renewer.tick(SystemTime::now()).await;
+    let Outcome::Obtained(first) = tick.outcome else {
+        return Err(format!("expected a certificate, got {:?}\n{}", tick.outcome, rig.logs()).into());
+    };
+    assert!(tick.next >= Duration::from_secs(60), "no tight loop after success: {:?}", tick.next);
+    assert_eq!(first.info.names.iter().filter(|n| *n == "*.aim.test" || *n == "aim.test").count(), 2, "{:?}", first.info.names);
+
+    // Both values were served while the CA validated, and are gone now.
+    let seen = observed.seen_before_cleanup.lock().map_err(|_| "poisoned")?.clone();
+    let mut during = seen.first().cloned().unwrap_or_default();
+    during.sort();
+    during.dedup();
+    assert_eq!(seen.len(), 2, "one cleanup per published value: {seen:?}");
+    assert_eq!(during.len(), 2, "both TXT values coexisted while the CA validated: {seen:?}");
+    assert_eq!(rig.txt(OWNER).await?, Vec::<String>::new(), "challenge records removed");
+
+    // The chain verifies against pebble's root for the wildcard and the base.
+    let root = rig.root().await?;
+    for sni in ["nlp.aim.test", "aim.test"] {
+        let (seen_sni, alpn) = handshake(resolver.clone(), &root, sni).await?;
+        assert_eq!((seen_sni.as_str(), alpn.as_slice()), (sni, &b"h2"[..]));
+    }
+    assert!(handshake(resolver.clone(), &root, "nlp.other.test").await.is_err(), "a name outside the certificate fails");
+
+    // Metrics tell the story.
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    assert!(text.contains("wakegate_acme_orders_total{outcome=\"success\"} 1"), "{text}");
+    assert!(text.contains("wakegate_certificate_expiry_timestamp_seconds{name=\"aim.test\"}"), "{text}");
+    assert!(text.contains("wakegate_acme_last_success_timestamp_seconds"), "{text}");
+
+    // Stored for restarts, the key private.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(store_dir.join("tls.key"))?.permissions().mode() & 0o777, 0o600);
+    assert_eq!(store.load_cert().await?.as_ref().map(leaf).transpose()?, Some(leaf(&first.bundle)?));
+
+    // A restart: a new client over the same store serves the stored
+    // certificate without ordering...
+    let acme2 = Arc::new(Acme::new(config(&rig, None), store.clone(), rfc2136.clone()));
+    let resolver2 = Arc::new(CertResolver::new());
+    let mut renewer2 = Renewer::new(acme2.clone(), resolver2.clone(), TlsMetrics::default());
+    let tick = renewer2.tick(SystemTime::now()).await;
+    assert!(matches!(tick.outcome, Outcome::Loaded), "{:?}", tick.outcome);
+    assert!(tick.next > Duration::from_secs(60), "a fresh certificate is not due: {:?}", tick.next);
+    assert_eq!(resolver2.current().map(|k| k.cert[0].to_vec()), Some(leaf(&first.bundle)?));
+
+    // ...and its next order (a renewal) uses the same account.
+    let second = acme2.obtain(Some(&first.bundle)).await?;
+    assert_eq!(second.account_url, first.account_url, "account reused across restarts");
+    assert_ne!(second.order_url, first.order_url);
+    assert_ne!(leaf(&second.bundle)?, leaf(&first.bundle)?);
+    assert_eq!(rig.txt(OWNER).await?, Vec::<String>::new());
+    eprintln!("rfc2136 test took {:?}", started.elapsed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_tsig_secret_is_a_counted_dns_error_and_the_old_certificate_stays() -> Result<(), Error> {
+    let rig = Rig::start(Options::default()).await?;
+    let good = rig.tsig_key()?;
+    let wrong = TsigKey { secret: good.secret.iter().map(|b| b ^ 0x5a).collect(), ..good };
+    let dns: Arc<dyn DnsProvider> = Arc::new(Rfc2136::new(rig.dns.to_string(), ZONE, &wrong)?);
+    let store: Arc<dyn CertStore> = Arc::new(DirStore::new(rig.dir.path().join("tls")));
+    let acme = Arc::new(Acme::new(config(&rig, None), store, dns.clone()));
+
+    // The direct call: classified as DNS.
+    let err = dns.present(OWNER, "probe").await;
+    assert!(matches!(err, Err(DnsError::Exchange { .. } | DnsError::Refused { .. })), "{err:?}");
+
+    let old = selfsigned::generate(ZONE)?;
+    let resolver = Arc::new(CertResolver::with(old.certified_key()?));
+    let mut registry = Registry::with_prefix("wakegate");
+    let metrics = TlsMetrics::register(&mut registry);
+    let mut renewer = Renewer::new(acme, resolver.clone(), metrics.clone());
+    let tick = renewer.tick(SystemTime::now()).await;
+    match &tick.outcome {
+        Outcome::Failed(e @ AcmeError::Dns(_)) => assert_eq!(e.outcome(), "dns"),
+        other => return Err(format!("expected a DNS failure, got {other:?}").into()),
+    }
+    assert!(tick.next >= Duration::from_secs(45), "backoff, not a tight loop: {:?}", tick.next);
+    assert_eq!(metrics.orders("dns"), 1);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    assert!(text.contains("wakegate_acme_orders_total{outcome=\"dns\"} 1"), "{text}");
+    assert_eq!(resolver.current().map(|k| k.cert[0].to_vec()), Some(leaf(&old)?), "the old certificate is still served");
+    assert_eq!(rig.txt(OWNER).await?, Vec::<String>::new(), "nothing was published");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exec_provider_obtains_a_certificate_with_external_account_binding() -> Result<(), Error> {
+    let rig = Rig::start(Options { require_eab: true }).await?;
+    let hook = rig.knsupdate_script()?;
+    let dns: Arc<dyn DnsProvider> = Arc::new(Exec::new(&hook));
+
+    // Without EAB, this CA refuses to create the account.
+    let no_eab = Acme::new(config(&rig, None), Arc::new(DirStore::new(rig.dir.path().join("no-eab"))), dns.clone());
+    let err = no_eab.obtain(None).await;
+    assert!(matches!(err, Err(AcmeError::Rejected { .. })), "{err:?}");
+
+    let hmac_key = data_encoding::BASE64URL_NOPAD.decode(rig::EAB_HMAC.as_bytes())?;
+    let eab = Eab { kid: rig::EAB_KID.into(), hmac_key };
+    let acme = Acme::new(config(&rig, Some(eab)), Arc::new(DirStore::new(rig.dir.path().join("tls"))), dns);
+    let issued = match acme.obtain(None).await {
+        Ok(i) => i,
+        Err(e) => return Err(format!("{e}\n{}", rig.logs()).into()),
+    };
+    let resolver = Arc::new(CertResolver::with(issued.bundle.certified_key()?));
+    let root = rig.root().await?;
+    for sni in ["nlp.aim.test", "aim.test"] {
+        handshake(resolver.clone(), &root, sni).await?;
+    }
+    let calls = std::fs::read_to_string(rig.dir.path().join("dns-hook.log"))?;
+    assert_eq!(calls.lines().filter(|l| l.starts_with("present _acme-challenge.aim.test ")).count(), 2, "{calls}");
+    assert_eq!(calls.lines().filter(|l| l.starts_with("cleanup _acme-challenge.aim.test ")).count(), 2, "{calls}");
+    assert_eq!(rig.txt(OWNER).await?, Vec::<String>::new());
+    Ok(())
+}
