@@ -52,6 +52,8 @@ pub struct Wakegate {
     pub public: SocketAddr,
     /// The admin listener.
     pub admin: SocketAddr,
+    /// The HTTPS listener, unless `tls-source = "off"`.
+    pub tls: Option<SocketAddr>,
     /// Scratch folder (config, start records).
     pub dir: tempfile::TempDir,
     log: Arc<Mutex<String>>,
@@ -69,6 +71,9 @@ fn render(config: &str, dir: &Path) -> String {
     }
     if !text.contains("admin-listen") {
         extra.push_str("admin-listen = \"127.0.0.1:0\"\n");
+    }
+    if !text.contains("tls-listen") {
+        extra.push_str("tls-listen = \"127.0.0.1:0\"\n");
     }
     text.replacen("[settings]\n", &format!("[settings]\n{extra}"), 1)
 }
@@ -106,7 +111,7 @@ impl Wakegate {
                 l.push('\n');
             }
         });
-        let mut wg = Wakegate { child: Some(child), public: "0.0.0.0:0".parse()?, admin: "0.0.0.0:0".parse()?, dir, log };
+        let mut wg = Wakegate { child: Some(child), public: "0.0.0.0:0".parse()?, admin: "0.0.0.0:0".parse()?, tls: None, dir, log };
         let line = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(l) => l,
             Err(_) => bail!("no 'listening' line within 30 s; log:\n{}", wg.log()),
@@ -119,6 +124,7 @@ impl Wakegate {
         };
         wg.public = field("public")?;
         wg.admin = field("admin")?;
+        wg.tls = field("tls").ok();
         Ok(wg)
     }
 

@@ -7,10 +7,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use proto::Config;
 use scaler::{Orchestrator, ProcessOrchestrator};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Loaded;
+use crate::tls::settings::TlsSource;
+use crate::tls::{self, CertResolver};
 
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
@@ -30,6 +34,12 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    /// The certificate source could not start.
+    #[error("TLS: {0}")]
+    TlsSource(#[from] tls::source::StartError),
+    /// The TLS configuration was refused by rustls.
+    #[error("TLS configuration: {0}")]
+    Tls(#[source] rustls::Error),
 }
 
 /// Addresses actually bound (useful with port 0).
@@ -57,51 +67,85 @@ async fn prune_limiters(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Runs embedded mode with `config` (loaded from `path`) until `stop` resolves;
+/// Runs embedded mode with `loaded` (from `path`) until `stop` resolves;
 /// `stop_now` cuts the drain short (a second signal).
 pub async fn run(
     path: PathBuf,
-    config: Config,
+    loaded: Loaded,
     stop: impl Future<Output = ()>,
     stop_now: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    let config = &loaded.config;
     let public = bind(config.settings.listen, "listen").await?;
     let admin_l = bind(config.settings.admin_listen, "admin-listen").await?;
+    let tls_l = match loaded.tls.source {
+        TlsSource::Off => None,
+        _ => Some(bind(loaded.tls.listen, "tls-listen").await?),
+    };
     let bound = Bound {
         public: public.local_addr().unwrap_or(config.settings.listen),
         admin: admin_l.local_addr().unwrap_or(config.settings.admin_listen),
     };
+    let tls_addr = tls_l.as_ref().and_then(|l| l.local_addr().ok());
 
     let metrics = Arc::new(Metrics::new());
     let orchestrator: Arc<dyn Orchestrator> = Arc::new(ProcessOrchestrator::new(metrics.clone()));
-    let gw = Gateway::new(&config, orchestrator.clone(), metrics);
+    let gw = Gateway::new(config, orchestrator.clone(), metrics.clone());
+    gw.apply_loaded(&loaded);
+    if let Some(addr) = tls_addr {
+        // The redirect goes to the port actually bound (it may have been 0).
+        let mut view = (**gw.tls.load()).clone();
+        view.https_port = addr.port();
+        gw.tls.store(Arc::new(view));
+    }
     let (shutdown_tx, shutdown) = watch::channel(false);
     let grace = config.settings.shutdown_grace;
+    let base = config.settings.base_domain.clone();
 
-    let g = gw.clone();
+    let acceptor = match &tls_l {
+        None => None,
+        Some(_) => {
+            let resolver = Arc::new(CertResolver::new());
+            tls::source::start(&loaded.tls, &base, resolver.clone(), metrics.tls.clone(), shutdown.clone()).await?;
+            Some(TlsAcceptor::from(tls::server_config(resolver).map_err(AppError::Tls)?))
+        }
+    };
+
     let policy: Arc<dyn server::Policy> = gw.clone();
-    let public_task =
-        tokio::spawn(server::serve(public, move |peer, req| proxy::handle(g.clone(), peer, req), policy, shutdown.clone(), grace));
+    let mut tasks = Vec::new();
     let g = gw.clone();
-    let admin_task = tokio::spawn(server::serve(
+    let handler = move |peer, req| proxy::handle(g.clone(), peer, req);
+    tasks.push(tokio::spawn(server::serve(public, handler.clone(), policy.clone(), None, shutdown.clone(), grace)));
+    if let Some(l) = tls_l {
+        tasks.push(tokio::spawn(server::serve(l, handler, policy, acceptor, shutdown.clone(), grace)));
+    }
+    let g = gw.clone();
+    tasks.push(tokio::spawn(server::serve(
         admin_l,
         move |_peer, req| {
             let r = admin::handle(&g, &req);
             async move { r }
         },
         Arc::new(server::Fixed(server::Options::default())),
+        None,
         shutdown.clone(),
         grace,
-    ));
+    )));
     tokio::spawn(scaler::reaper::run(gw.clone(), shutdown.clone()));
     tokio::spawn(prune_limiters(gw.clone(), shutdown.clone()));
     tokio::spawn(reload::watch(path, gw.clone(), shutdown.clone()));
 
-    let base = &config.settings.base_domain;
-    tracing::info!(public = %bound.public, admin = %bound.admin, "listening");
-    tracing::info!("catalog at http://{base}:{}/ ; solutions at http://<name>.{base}:{}/", bound.public.port(), bound.public.port());
+    let port = bound.public.port();
+    match tls_addr {
+        Some(t) => tracing::info!(public = %bound.public, admin = %bound.admin, tls = %t, "listening"),
+        None => tracing::info!(public = %bound.public, admin = %bound.admin, "listening"),
+    }
+    tracing::info!("catalog at http://{base}:{port}/ ; solutions at http://<name>.{base}:{port}/");
+    if let Some(t) = tls_addr {
+        tracing::info!("and over HTTPS at https://<name>.{base}:{}/", t.port());
+    }
     for s in &config.solutions {
-        tracing::info!(solution = %s.name, "http://{}.{base}:{}/", s.name, bound.public.port());
+        tracing::info!(solution = %s.name, "http://{}.{base}:{port}/", s.name);
     }
 
     stop.await;
@@ -109,7 +153,7 @@ pub async fn run(
     gw.set_draining();
     let _ = shutdown_tx.send(true);
     tokio::select! {
-        _ = async { let _ = public_task.await; let _ = admin_task.await; } => {}
+        _ = async { for t in tasks { let _ = t.await; } } => {}
         _ = stop_now => tracing::warn!("second signal: not waiting for open requests"),
     }
     tracing::info!("stopping solutions");

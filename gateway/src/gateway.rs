@@ -15,8 +15,21 @@ use crate::router::Routes;
 use crate::solution::SolutionRt;
 use crate::upstream::Pools;
 
+/// What the request path needs of the TLS settings (live).
+#[derive(Debug, Clone, Default)]
+pub struct TlsView {
+    /// Redirect plain HTTP to HTTPS.
+    pub ssl_redirect: bool,
+    /// HSTS max-age in seconds, if on.
+    pub hsts: Option<u64>,
+    /// The HTTPS port to redirect to.
+    pub https_port: u16,
+}
+
 /// Everything a request needs.
 pub struct Gateway {
+    /// TLS behaviour of the request path.
+    pub tls: ArcSwap<TlsView>,
     routes: ArcSwap<Routes>,
     settings: ArcSwap<Settings>,
     /// Metric families.
@@ -31,6 +44,7 @@ impl Gateway {
     /// A gateway serving `config`.
     pub fn new(config: &Config, orchestrator: Arc<dyn Orchestrator>, metrics: Arc<Metrics>) -> Arc<Self> {
         let gw = Arc::new(Self {
+            tls: ArcSwap::from_pointee(TlsView::default()),
             routes: ArcSwap::from_pointee(Routes::new(config.settings.base_domain.clone(), Vec::new())),
             settings: ArcSwap::from_pointee(config.settings.clone()),
             metrics,
@@ -40,6 +54,16 @@ impl Gateway {
         });
         gw.apply(config);
         gw
+    }
+
+    /// Applies a loaded configuration, TLS behaviour included.
+    pub fn apply_loaded(&self, loaded: &crate::config::Loaded) {
+        self.tls.store(Arc::new(TlsView {
+            ssl_redirect: loaded.ssl_redirect,
+            hsts: loaded.hsts().map(|d| d.as_secs()),
+            https_port: loaded.tls.listen.port(),
+        }));
+        self.apply(&loaded.config);
     }
 
     /// Applies a new configuration to new requests. Requests already under way
@@ -133,6 +157,10 @@ impl crate::server::Policy for Gateway {
 
     fn rejected(&self, reason: &'static str) {
         self.metrics.rejected_unrouted(reason);
+    }
+
+    fn handshake_failed(&self, e: &std::io::Error) {
+        self.metrics.tls.handshake_error(e);
     }
 }
 

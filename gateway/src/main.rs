@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use proto::Config;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Exit code for an invalid configuration (EX_USAGE).
@@ -46,9 +45,9 @@ fn main() -> ExitCode {
         .init();
 
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match wakegate::config::load(&config) {
             Ok(c) => {
-                println!("{}: ok ({} solutions)", config.display(), c.solutions.len());
+                println!("{}: ok ({} solutions)", config.display(), c.config.solutions.len());
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -63,7 +62,7 @@ fn main() -> ExitCode {
 }
 
 fn run(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
+    let loaded = match wakegate::config::load(&path) {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors.0 {
@@ -73,7 +72,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let workers = match config.settings.workers {
+    let workers = match loaded.config.settings.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
@@ -114,7 +113,7 @@ fn run(path: PathBuf) -> ExitCode {
                 _ = int.recv() => {}
             }
         };
-        wakegate::app::run(path, config, stop, stop_now).await
+        wakegate::app::run(path, loaded, stop, stop_now).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -97,6 +97,8 @@ pub struct Metrics {
     rejected: Family<ReasonLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     limiter_clients: Gauge,
+    /// Certificate and ACME metrics.
+    pub tls: crate::tls::TlsMetrics,
 }
 
 impl Default for Metrics {
@@ -123,6 +125,7 @@ impl Metrics {
             rejected: Family::default(),
             reloads: Family::default(),
             limiter_clients: Gauge::default(),
+            tls: crate::tls::TlsMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(names::REQUESTS, "Requests answered for a solution, by method and status code", m.requests.clone());
@@ -146,7 +149,8 @@ impl Metrics {
             "Client addresses tracked by the per-client rate limiters (bounded by rate-limit-max-clients per solution)",
             m.limiter_clients.clone(),
         );
-        Self { registry, ..m }
+        let tls = crate::tls::TlsMetrics::register(&mut registry);
+        Self { registry, tls, ..m }
     }
 
     /// Handles for one solution.

@@ -22,6 +22,7 @@ use crate::limits::{BodyLimit, LimitedBody, Verdict};
 use crate::refusal::Refusal;
 use crate::request_id;
 use crate::router::Target;
+use crate::server::ConnInfo;
 use crate::solution::{Activity, OwnedActivity, SolutionRt};
 use crate::upstream::{self, Done, SendError, Sent};
 use crate::{catalog, waiting};
@@ -34,9 +35,63 @@ const RETRY_PAUSE: Duration = Duration::from_millis(20);
 pub async fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let rid = request_id::of(req.headers());
+    let (is_tls, hsts) = match connection_checks(&gw, &req, &rid) {
+        Ok(x) => x,
+        Err(resp) => return *resp,
+    };
     let mut resp = route(&gw, peer, req, &rid, started).await;
+    if let (true, Some(age)) = (is_tls, hsts)
+        && let Ok(v) = HeaderValue::from_str(&format!("max-age={age}; includeSubDomains"))
+    {
+        resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
+    }
     resp.headers_mut().insert(request_id::HEADER, rid);
     resp
+}
+
+/// HTTPS redirect for plain connections, and the SNI/Host agreement check
+/// (421) for TLS ones. Returns whether the request came over TLS and the
+/// HSTS max-age to send.
+fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Result<(bool, Option<u64>), Box<Response<Body>>> {
+    let info = req.extensions().get::<Arc<ConnInfo>>();
+    let is_tls = info.is_some_and(|i| i.tls);
+    let view = gw.tls.load();
+    let host = host_of(req);
+    let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+    if !is_tls
+        && view.ssl_redirect
+        && let Some(h) = host_str
+    {
+        let name = crate::router::normalize_host(h);
+        let port = if view.https_port == 443 { String::new() } else { format!(":{}", view.https_port) };
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(location) = HeaderValue::from_str(&format!("https://{name}{port}{target}")) {
+            let mut r = Response::new(Body::full("this site is served over HTTPS\n"));
+            *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            r.headers_mut().insert(header::LOCATION, location);
+            r.headers_mut().insert(request_id::HEADER, rid.clone());
+            return Err(Box::new(r));
+        }
+    }
+    if let (Some(info), Some(h)) = (info, host_str)
+        && let Some(sni) = &info.sni
+    {
+        let name = crate::router::normalize_host(h);
+        let base = gw.routes();
+        let covered =
+            |n: &str| n == base.base() || n.strip_suffix(base.base()).is_some_and(|p| p.ends_with('.') && !p[..p.len() - 1].contains('.'));
+        // HTTP/2 clients may reuse a connection for any name its certificate
+        // covers (RFC 9113 §9.1.1); anything else must match the SNI.
+        let reusable = info.h2 && covered(&name) && covered(sni);
+        if *name != **sni && !reusable {
+            gw.metrics.rejected_unrouted("misdirected");
+            let msg = format!("this connection was opened for {sni}, not {name}; open a new one");
+            let mut r = Refusal::new(StatusCode::MISDIRECTED_REQUEST, "misdirected", msg).into_response(req.headers(), rid);
+            r.headers_mut().insert(request_id::HEADER, rid.clone());
+            return Err(Box::new(r));
+        }
+    }
+    Ok((is_tls, view.hsts))
 }
 
 /// The host the request is for, as sent: the target's authority, else `Host`.
@@ -169,49 +224,42 @@ async fn forward(
         if state.phase == Phase::Ready
             && let Some(ep) = sol.pick(&state.endpoints, &gw.pools)
         {
-            {
-                drop(held.take());
-                let activity = OwnedActivity::in_flight(sol.clone());
-                // Counted in flight first, then the phase checked again: a
-                // scale-down marks the solution stopping, then checks that
-                // nothing is in flight, so one of the two sees the other.
-                if sol.handle.cell.phase() == Phase::Ready {
-                    upstream::begin(&ep);
-                    let sending = upstream::send(&ep, req, settings.upstream_connect_timeout);
-                    let Ok(sent) = tokio::time::timeout(settings.upstream_response_timeout, sending).await else {
+            drop(held.take());
+            let activity = OwnedActivity::in_flight(sol.clone());
+            // Counted in flight first, then the phase checked again: a
+            // scale-down marks the solution stopping, then checks that
+            // nothing is in flight, so one of the two sees the other.
+            if sol.handle.cell.phase() == Phase::Ready {
+                upstream::begin(&ep);
+                let sending = upstream::send(&ep, req, settings.upstream_connect_timeout);
+                let Ok(sent) = tokio::time::timeout(settings.upstream_response_timeout, sending).await else {
+                    upstream::abort(&ep);
+                    let wait = proto::units::format_duration(settings.upstream_response_timeout);
+                    tracing::warn!(solution = %sol.name, endpoint = %ep.addr, "no response within {wait}");
+                    let msg = format!("{} did not answer within {wait}", sol.name);
+                    return refuse(sol, Refusal::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", msg), &reply_headers, rid);
+                };
+                match sent {
+                    Ok(sent) => return respond(ep, sent, activity, client_upgrade, rid, started),
+                    Err(SendError::NotSent(r, why)) => {
                         upstream::abort(&ep);
-                        let wait = proto::units::format_duration(settings.upstream_response_timeout);
-                        tracing::warn!(solution = %sol.name, endpoint = %ep.addr, "no response within {wait}");
-                        let msg = format!("{} did not answer within {wait}", sol.name);
-                        return refuse(sol, Refusal::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", msg), &reply_headers, rid);
-                    };
-                    match sent {
-                        Ok(sent) => return respond(ep, sent, activity, client_upgrade, rid, started),
-                        Err(SendError::NotSent(r, why)) => {
-                            upstream::abort(&ep);
-                            tracing::debug!(solution = %sol.name, endpoint = %ep.addr, "not sent: {why}; retrying");
-                            req = *r;
-                            drop(activity);
-                            if Instant::now() + RETRY_PAUSE >= deadline {
-                                let msg = format!("{} did not accept the connection", sol.name);
-                                return refuse(
-                                    sol,
-                                    Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg),
-                                    &reply_headers,
-                                    rid,
-                                );
-                            }
-                            tokio::time::sleep(RETRY_PAUSE).await;
-                            continue;
+                        tracing::debug!(solution = %sol.name, endpoint = %ep.addr, "not sent: {why}; retrying");
+                        req = *r;
+                        drop(activity);
+                        if Instant::now() + RETRY_PAUSE >= deadline {
+                            let msg = format!("{} did not accept the connection", sol.name);
+                            return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), &reply_headers, rid);
                         }
-                        Err(SendError::Failed(e)) => {
-                            upstream::abort(&ep);
-                            return refuse(sol, classify(sol, &e), &reply_headers, rid);
-                        }
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                    Err(SendError::Failed(e)) => {
+                        upstream::abort(&ep);
+                        return refuse(sol, classify(sol, &e), &reply_headers, rid);
                     }
                 }
-                drop(activity);
             }
+            drop(activity);
         }
         let now = Instant::now();
         if state.in_backoff(now) {

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::Config;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -47,8 +46,9 @@ pub async fn watch(path: PathBuf, gw: Arc<Gateway>, mut shutdown: watch::Receive
 
 /// Loads `path` and applies it if valid. Returns whether it was applied.
 pub fn reload(path: &Path, gw: &Gateway) -> bool {
-    match Config::load(path) {
-        Ok(config) => {
+    match crate::config::load(path) {
+        Ok(loaded) => {
+            let config = &loaded.config;
             let old = gw.settings();
             for (key, changed) in [
                 ("listen", old.listen != config.settings.listen),
@@ -59,7 +59,12 @@ pub fn reload(path: &Path, gw: &Gateway) -> bool {
                     tracing::warn!(key, "changed, but takes effect only after a restart");
                 }
             }
-            gw.apply(&config);
+            if old.tls.get("tls-source") != config.settings.tls.get("tls-source")
+                || old.tls.get("tls-listen") != config.settings.tls.get("tls-listen")
+            {
+                tracing::warn!(key = "tls-source", "the certificate source and TLS listener change only after a restart");
+            }
+            gw.apply_loaded(&loaded);
             gw.metrics.reload(true);
             tracing::info!(solutions = config.solutions.len(), "configuration reloaded from {}", path.display());
             true

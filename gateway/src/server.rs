@@ -23,6 +23,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
 use crate::conn::{ClientIo, Conn, Expiry, Serving};
@@ -73,6 +74,19 @@ pub trait Policy: Send + Sync + 'static {
     fn options(&self) -> Options;
     /// A connection-level refusal, by reason (for metrics).
     fn rejected(&self, reason: &'static str);
+    /// A TLS handshake failed.
+    fn handshake_failed(&self, _e: &std::io::Error) {}
+}
+
+/// What a request knows of its connection (a request extension).
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    /// Whether it came over TLS.
+    pub tls: bool,
+    /// The SNI name the client asked for, lower case.
+    pub sni: Option<Arc<str>>,
+    /// Whether ALPN chose HTTP/2 (connection reuse across names is then legitimate).
+    pub h2: bool,
 }
 
 /// Fixed options, refusals only logged (the admin listener).
@@ -89,8 +103,14 @@ impl Policy for Fixed {
 
 /// Serves `handler` on `listener` until `shutdown` turns true, then stops
 /// accepting and lets open connections finish for up to `grace`.
-pub async fn serve<F, Fut>(listener: TcpListener, handler: F, policy: Arc<dyn Policy>, mut shutdown: watch::Receiver<bool>, grace: Duration)
-where
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    handler: F,
+    policy: Arc<dyn Policy>,
+    tls: Option<TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) where
     F: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -109,7 +129,7 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let opts = policy.options();
-                let conn = Connection { handler: handler.clone(), policy: policy.clone(), limiter: limiter.clone(), opts };
+                let conn = Connection { handler: handler.clone(), policy: policy.clone(), limiter: limiter.clone(), opts, tls: tls.clone() };
                 let watcher = graceful.watcher();
                 tokio::spawn(conn.run(stream, peer, watcher));
             }
@@ -128,6 +148,7 @@ struct Connection<F> {
     policy: Arc<dyn Policy>,
     limiter: Arc<ConnectionLimiter>,
     opts: Options,
+    tls: Option<TlsAcceptor>,
 }
 
 impl<F, Fut> Connection<F>
@@ -160,11 +181,47 @@ where
             return;
         };
         let conn = Conn::new(stream);
-        let io = TokioIo::new(ClientIo::new(conn.clone(), prefix));
+        let io = ClientIo::new(conn.clone(), prefix);
+        match self.tls.clone() {
+            None => self.serve_http(TokioIo::new(io), conn, peer, Arc::new(ConnInfo::default()), watcher).await,
+            Some(acceptor) => match tokio::time::timeout(opts.header_timeout, acceptor.accept(io)).await {
+                Ok(Ok(stream)) => {
+                    let (_, session) = stream.get_ref();
+                    let info = ConnInfo {
+                        tls: true,
+                        sni: session.server_name().map(|s| Arc::from(s.to_ascii_lowercase())),
+                        h2: session.alpn_protocol() == Some(b"h2"),
+                    };
+                    self.serve_http(TokioIo::new(stream), conn, peer, Arc::new(info), watcher).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    self.policy.handshake_failed(&e);
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    self.policy.handshake_failed(&std::io::Error::from(std::io::ErrorKind::TimedOut));
+                }
+            },
+        }
+    }
+
+    async fn serve_http<I>(
+        &self,
+        io: TokioIo<I>,
+        conn: Arc<Conn>,
+        peer: SocketAddr,
+        info: Arc<ConnInfo>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let opts = &self.opts;
         let handler = self.handler.clone();
         let svc_conn = conn.clone();
-        let svc = service_fn(move |req| {
+        let svc = service_fn(move |mut req: Request<Incoming>| {
             let serving = svc_conn.serving();
+            req.extensions_mut().insert(info.clone());
             let fut = handler(peer, req);
             async move { Ok::<_, Infallible>(fut.await.map(|b| Tracked { inner: b, _serving: serving })) }
         });
@@ -203,7 +260,10 @@ where
         if expiry == Expiry::HeaderTimeout {
             tracing::info!(client = %peer.ip(), "request head not received within {:?}: 408", opts.header_timeout);
             self.policy.rejected("client_timeout");
-            let _ = conn.stream().try_write(REQUEST_TIMEOUT);
+            if self.tls.is_none() {
+                // Over TLS the socket carries records, not text: just close.
+                let _ = conn.stream().try_write(REQUEST_TIMEOUT);
+            }
         }
     }
 

@@ -85,6 +85,59 @@ pub struct Key {
     pub doc: &'static str,
 }
 
+/// Keys of the TLS/ACME group: stored as written in [`Settings::tls`] and
+/// typed by the gateway's TLS module (which depends on crypto crates that
+/// `proto` must not), then validated with every other key.
+pub const TLS_KEYS: &[Key] = &[
+    Key { name: "tls-source", scope: Scope::Global, default: "self-signed", doc: "self-signed, files, acme or off" },
+    Key { name: "tls-listen", scope: Scope::Global, default: "127.0.0.1:8443", doc: "the HTTPS listener (restart to change)" },
+    Key { name: "tls-dir", scope: Scope::Global, default: "", doc: "where the ACME account and certificate are kept (required for acme)" },
+    Key { name: "tls-cert-file", scope: Scope::Global, default: "", doc: "PEM chain, leaf first (tls-source files)" },
+    Key { name: "tls-key-file", scope: Scope::Global, default: "", doc: "PEM private key (tls-source files)" },
+    Key {
+        name: "ssl-redirect",
+        scope: Scope::Global,
+        default: "auto",
+        doc: "308 from http to https: true, false, or auto (on for files/acme, off for self-signed)",
+    },
+    Key {
+        name: "hsts",
+        scope: Scope::Global,
+        default: "off",
+        doc: "Strict-Transport-Security: on (one year), off, or a max-age such as 180d",
+    },
+    Key { name: "acme-directory", scope: Scope::Global, default: "", doc: "CA directory URL, or letsencrypt / letsencrypt-staging" },
+    Key { name: "acme-email", scope: Scope::Global, default: "", doc: "ACME account contact" },
+    Key {
+        name: "acme-ca-file",
+        scope: Scope::Global,
+        default: "",
+        doc: "PEM root of the CA's own HTTPS certificate (test CAs such as pebble)",
+    },
+    Key { name: "acme-eab-kid", scope: Scope::Global, default: "", doc: "External Account Binding key id" },
+    Key { name: "acme-eab-hmac", scope: Scope::Global, default: "", doc: "External Account Binding HMAC key (base64url)" },
+    Key { name: "acme-dns-provider", scope: Scope::Global, default: "rfc2136", doc: "rfc2136 or exec" },
+    Key { name: "rfc2136-server", scope: Scope::Global, default: "", doc: "host[:port] of the primary nameserver taking dynamic updates" },
+    Key { name: "rfc2136-zone", scope: Scope::Global, default: "", doc: "the zone to update (default: the base domain)" },
+    Key { name: "rfc2136-tsig-key", scope: Scope::Global, default: "", doc: "TSIG key name" },
+    Key { name: "rfc2136-tsig-algorithm", scope: Scope::Global, default: "hmac-sha256", doc: "hmac-sha256, hmac-sha384 or hmac-sha512" },
+    Key { name: "rfc2136-tsig-secret", scope: Scope::Global, default: "", doc: "TSIG secret, base64" },
+    Key {
+        name: "acme-exec-command",
+        scope: Scope::Global,
+        default: "",
+        doc: "run as <cmd> present|cleanup <fqdn> <value> (acme-dns-provider exec)",
+    },
+    Key {
+        name: "acme-propagation-nameservers",
+        scope: Scope::Global,
+        default: "",
+        doc: "ip:port list asked for the TXT record before the CA is told to look",
+    },
+    Key { name: "acme-propagation-timeout", scope: Scope::Global, default: "2m", doc: "longest wait for those nameservers" },
+    Key { name: "acme-propagation-delay", scope: Scope::Global, default: "0", doc: "fixed pause after publishing (slow DNS APIs)" },
+];
+
 /// Every key wakegate knows, in documentation order.
 pub const KEYS: &[Key] = &[
     Key {
@@ -321,6 +374,8 @@ pub struct Settings {
     pub keepalive_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection.
     pub http2_max_concurrent_streams: u32,
+    /// The TLS/ACME keys as written (see [`TLS_KEYS`]).
+    pub tls: std::collections::BTreeMap<String, String>,
     /// Defaults for every solution.
     pub solution: SolutionSettings,
 }
@@ -344,6 +399,7 @@ impl Default for Settings {
             client_header_timeout: DEFAULT_CLIENT_HEADER_TIMEOUT,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             http2_max_concurrent_streams: DEFAULT_H2_MAX_STREAMS,
+            tls: std::collections::BTreeMap::new(),
             solution: SolutionSettings::default(),
         }
     }
@@ -388,6 +444,9 @@ impl Settings {
             "client-header-timeout" => self.client_header_timeout = positive(parse_duration(value)?)?,
             "keepalive-timeout" => self.keepalive_timeout = positive(parse_duration(value)?)?,
             "http2-max-concurrent-streams" => self.http2_max_concurrent_streams = parse_nonzero(value)?.get(),
+            _ if TLS_KEYS.iter().any(|k| k.name == key) => {
+                self.tls.insert(key.to_string(), value.to_string());
+            }
             _ => {
                 if !self.solution.set(key, value)? {
                     return Err(unknown_key(key));
@@ -400,7 +459,7 @@ impl Settings {
 
 /// The reason for an unknown key, with the nearest known key as a hint.
 pub fn unknown_key(key: &str) -> String {
-    let best = KEYS.iter().map(|k| (edit_distance(key, k.name), k.name)).min().filter(|(d, _)| *d <= 3);
+    let best = KEYS.iter().chain(TLS_KEYS).map(|k| (edit_distance(key, k.name), k.name)).min().filter(|(d, _)| *d <= 3);
     match best {
         Some((_, name)) => format!("unknown key (did you mean {name:?}?)"),
         None => "unknown key".into(),

@@ -42,6 +42,7 @@ pub mod resolver;
 pub mod rfc2136;
 pub mod selfsigned;
 pub mod settings;
+pub mod source;
 pub mod store;
 
 pub use certkey::{CertError, CertInfo};
