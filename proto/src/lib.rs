@@ -3,6 +3,7 @@
 //! solution phases shown to users. No sockets, no runtime, no Kubernetes client:
 //! everything here is plain data and pure functions.
 
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -217,6 +217,7 @@ pub const KEYS: &[Key] = &[
         default: "300s",
         doc: "time for a solution to send its response headers → 504",
     },
+    Key { name: "wake-replicas", scope: Scope::Solution, default: "1", doc: "replicas a cluster solution is scaled to when it wakes" },
     Key {
         name: "idle-timeout",
         scope: Scope::Solution,
@@ -277,6 +278,8 @@ pub struct SolutionSettings {
     pub client_body_timeout: Duration,
     /// Longest wait for a solution's response headers.
     pub upstream_response_timeout: Duration,
+    /// Replicas a cluster solution wakes to.
+    pub wake_replicas: NonZeroU32,
 }
 
 impl Default for SolutionSettings {
@@ -294,6 +297,7 @@ impl Default for SolutionSettings {
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
             upstream_response_timeout: DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
+            wake_replicas: NonZeroU32::MIN,
         }
     }
 }
@@ -315,6 +319,7 @@ impl SolutionSettings {
             "max-body-size" => self.max_body_size = parse_size(value)?,
             "client-body-timeout" => self.client_body_timeout = positive(parse_duration(value)?)?,
             "upstream-response-timeout" => self.upstream_response_timeout = positive(parse_duration(value)?)?,
+            "wake-replicas" => self.wake_replicas = parse_nonzero(value)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -335,6 +340,7 @@ impl SolutionSettings {
             ("max-body-size", self.max_body_size.to_string()),
             ("client-body-timeout", format_duration(self.client_body_timeout)),
             ("upstream-response-timeout", format_duration(self.upstream_response_timeout)),
+            ("wake-replicas", self.wake_replicas.to_string()),
         ]
     }
 }

@@ -23,7 +23,7 @@ pub struct SolutionSpec {
 impl SolutionSpec {
     /// Whether wakegate starts and stops it (as opposed to a fixed upstream).
     pub fn scales(&self) -> bool {
-        matches!(self.backend, Backend::Process(_))
+        matches!(self.backend, Backend::Process(_) | Backend::Cluster(_))
     }
 }
 
@@ -34,6 +34,21 @@ pub enum Backend {
     Process(ProcessSpec),
     /// An always-on HTTP server managed elsewhere.
     Upstream(Upstream),
+    /// A Kubernetes Service whose Deployment scales between 0 and `wake-replicas`.
+    Cluster(ClusterRef),
+}
+
+/// A solution in a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRef {
+    /// Namespace of the Service and Deployment.
+    pub namespace: String,
+    /// The Service (its EndpointSlices give the ready pods).
+    pub service: String,
+    /// The Deployment to scale.
+    pub deployment: String,
+    /// The Service port to use: a name, or a number as text; `None` = the first port.
+    pub port: Option<String>,
 }
 
 /// A local command serving HTTP on the port it is given.
