@@ -27,12 +27,46 @@ enum Command {
         #[arg(short, long, default_value = "wakegate.toml")]
         config: PathBuf,
     },
+    /// Run the scaler role in a Kubernetes cluster (wake API, idle reaper).
+    Scaler(ScalerArgs),
     /// Validate a configuration file and print every problem with its key.
     Check {
         /// The configuration file.
         #[arg(short, long, default_value = "wakegate.toml")]
         config: PathBuf,
     },
+}
+
+/// Flags of `wakegate scaler` (see docs/cluster-contract.md).
+#[derive(clap::Args)]
+struct ScalerArgs {
+    /// Namespace of wakegate's own objects.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "wakegate")]
+    namespace: String,
+    /// Namespace of the solutions.
+    #[arg(long, env = "WAKEGATE_SOLUTIONS_NAMESPACE", default_value = "solutions")]
+    solutions_namespace: String,
+    /// The settings ConfigMap.
+    #[arg(long, env = "WAKEGATE_CONFIGMAP", default_value = "wakegate-config")]
+    configmap: String,
+    /// File holding the wake API token.
+    #[arg(long, env = "WAKEGATE_TOKEN_FILE", default_value = "/var/run/wakegate/token")]
+    token_file: PathBuf,
+    /// Service whose EndpointSlices list the gateway pods.
+    #[arg(long, env = "WAKEGATE_GATEWAY_SERVICE", default_value = "wakegate-gateway-admin")]
+    gateway_service: String,
+    /// This replica's name (Lease holder).
+    #[arg(long, env = "POD_NAME", default_value = "wakegate-scaler")]
+    identity: String,
+    /// Wake API listener.
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    listen: std::net::SocketAddr,
+    /// Admin listener.
+    #[arg(long, default_value = "0.0.0.0:9092")]
+    admin_listen: std::net::SocketAddr,
+    /// Lease duration in seconds (failover takes about this long).
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +92,70 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config: path } => run(path),
+        Command::Scaler(args) => scaler(args),
+    }
+}
+
+/// A runtime with `workers` threads (0 = one per core).
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT. The handlers are installed at the call, not
+/// at the first poll, so a signal during start-up is not lost.
+fn signalled() -> impl std::future::Future<Output = ()> {
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            eprintln!("wakegate: cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    }
+}
+
+fn scaler(a: ScalerArgs) -> ExitCode {
+    let Ok(rt) = runtime(0) else {
+        eprintln!("wakegate: cannot start the runtime");
+        return ExitCode::FAILURE;
+    };
+    let args = scaler::cluster::Args {
+        namespace: a.namespace,
+        solutions_namespace: a.solutions_namespace,
+        configmap: a.configmap,
+        token_file: a.token_file,
+        gateway_service: a.gateway_service,
+        identity: a.identity,
+        listen: a.listen,
+        admin_listen: a.admin_listen,
+        lease_duration: std::time::Duration::from_secs(a.lease_seconds.max(3)),
+    };
+    let result = rt.block_on(async move {
+        let client = match scaler::cluster::default_client().await {
+            Ok(c) => c,
+            Err(e) => return Err(format!("no Kubernetes client (in-cluster or KUBECONFIG): {e}")),
+        };
+        let stop = signalled();
+        let (wake, admin) = scaler::cluster::bind(&args).await.map_err(|e| e.to_string())?;
+        scaler::cluster::run(args, client, wake, admin, stop).await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wakegate scaler: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
     }
 }
 
@@ -72,16 +170,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let workers = match loaded.config.settings.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
-    };
-    let runtime = match runtime {
+    let runtime = match runtime(loaded.config.settings.workers) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("wakegate: cannot start the runtime: {e}");
@@ -89,30 +178,10 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(t), Ok(i)) => (t, i),
-            _ => {
-                eprintln!("wakegate: cannot install signal handlers");
-                return Ok(());
-            }
-        };
-        let stop = async {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = int.recv() => tracing::info!("SIGINT"),
-            }
-        };
+        let stop = signalled();
         // Registered only when first polled, i.e. after the first signal, so
         // that signal does not count as the second one.
-        let stop_now = async {
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                return std::future::pending().await;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        };
+        let stop_now = async { signalled().await };
         wakegate::app::run(path, loaded, stop, stop_now).await
     });
     match result {

@@ -3,6 +3,7 @@
 //! publishes while it wakes, and the idle [`reaper`] that decides when a
 //! solution goes back to zero.
 
+pub mod cluster;
 pub mod orchestrator;
 pub mod probe;
 pub mod process;

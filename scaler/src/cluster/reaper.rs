@@ -1,0 +1,174 @@
+//! The cluster reaper: on the leader, every `reaper-interval`, read all
+//! gateway replicas, apply [`crate::reaper::decide`] to every solution that is
+//! up, confirm with a second reading, then scale it to zero and record an Event
+//! on its Deployment. An unreadable replica makes the round scale nothing down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::Api;
+use kube::Resource;
+use kube::api::ListParams;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use proto::{Phase, Settings, SolutionSpec};
+use tokio::sync::watch;
+
+use super::scrape::{self, Activity};
+use super::{Args, metrics::ScalerMetrics, scale};
+use crate::reaper::{Decision, Observed, decide};
+
+/// The leader's idle loop.
+pub struct Reaper {
+    client: kube::Client,
+    args: Args,
+    metrics: Arc<ScalerMetrics>,
+    recorder: Recorder,
+    /// When each Deployment was first seen up (by this replica).
+    up_since: HashMap<(String, String), SystemTime>,
+}
+
+impl Reaper {
+    /// A reaper for the solutions and gateways named in `args`.
+    pub fn new(client: kube::Client, args: Args, metrics: Arc<ScalerMetrics>) -> Self {
+        let reporter = Reporter { controller: "wakegate-scaler".into(), instance: Some(args.identity.clone()) };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self { client, args, metrics, recorder, up_since: HashMap::new() }
+    }
+
+    /// Runs until `shutdown`, working only while `leader` is true.
+    pub async fn run(mut self, mut leader: watch::Receiver<bool>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let settings = self.settings().await;
+            if *leader.borrow_and_update() {
+                self.round(&settings).await;
+            } else {
+                self.up_since.clear();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(settings.reaper_interval) => {}
+                _ = leader.changed() => {}
+                r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return },
+            }
+        }
+    }
+
+    /// The ConfigMap's settings (defaults where it is missing or invalid: the
+    /// gateways report a bad edit; the reaper keeps working).
+    async fn settings(&self) -> Settings {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.args.namespace);
+        let data = match api.get_opt(&self.args.configmap).await {
+            Ok(Some(cm)) => cm.data.unwrap_or_default(),
+            Ok(None) => BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!("reading ConfigMap {}: {e}", self.args.configmap);
+                BTreeMap::new()
+            }
+        };
+        let mut s = Settings::default();
+        for (k, v) in &data {
+            if let Err(reason) = s.set(k, v) {
+                tracing::debug!(key = %k, "ignored: {reason}");
+            }
+        }
+        s
+    }
+
+    async fn solutions(&self, settings: &Settings) -> Result<Vec<SolutionSpec>, kube::Error> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &self.args.solutions_namespace);
+        let list = api.list(&ListParams::default().labels(&format!("{}=true", proto::cluster::LABEL_EXPOSE))).await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|svc| {
+                let name = svc.metadata.name.clone()?;
+                let annotations = svc.metadata.annotations.clone().unwrap_or_default();
+                let (spec, _) =
+                    proto::cluster::solution_from_service(&self.args.solutions_namespace, &name, &annotations, &settings.solution);
+                spec
+            })
+            .collect())
+    }
+
+    async fn round(&mut self, settings: &Settings) {
+        let solutions = match self.solutions(settings).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("listing solutions: {e}");
+                self.metrics.round("skipped");
+                return;
+            }
+        };
+        let Some(activity) = self.read().await else { return };
+        let now = SystemTime::now();
+        for spec in solutions {
+            let proto::Backend::Cluster(c) = &spec.backend else { continue };
+            let api: Api<Deployment> = Api::namespaced(self.client.clone(), &c.namespace);
+            let key = (c.namespace.clone(), c.deployment.clone());
+            match scale::replicas(&api, &c.deployment).await {
+                Ok(0) => {
+                    self.up_since.remove(&key);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(deployment = %c.deployment, "reading scale: {e}");
+                    continue;
+                }
+            }
+            let since = *self.up_since.entry(key).or_insert(now);
+            let observed = observe(&activity, &spec, since);
+            let Decision::Sleep(idle) = decide(now, &observed) else { continue };
+            // Confirm with a fresh reading: a request may have arrived since.
+            let Some(again) = self.read().await else { return };
+            if decide(SystemTime::now(), &observe(&again, &spec, since)) == Decision::Keep {
+                continue;
+            }
+            self.scale_down(&api, &spec, &c.deployment, idle).await;
+        }
+        self.metrics.round("done");
+    }
+
+    async fn read(&self) -> Option<Activity> {
+        match scrape::activity(&self.client, &self.args.namespace, &self.args.gateway_service).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!("not scaling anything down this round: {e}");
+                self.metrics.scrape_failed();
+                self.metrics.round("skipped");
+                None
+            }
+        }
+    }
+
+    async fn scale_down(&self, api: &Api<Deployment>, spec: &SolutionSpec, deployment: &str, idle: Duration) {
+        match scale::sleep(api, deployment).await {
+            Ok(true) => {
+                let idle_s = proto::units::format_duration(Duration::from_secs(idle.as_secs()));
+                tracing::info!(solution = %spec.name, deployment, "scaled to zero after {idle_s} idle");
+                self.metrics.scaled_down(&spec.name, "idle");
+                if let Ok(d) = api.get(deployment).await {
+                    let ev = Event {
+                        type_: EventType::Normal,
+                        reason: "ScaledToZero".into(),
+                        note: Some(format!("scaled to zero after {idle_s} idle")),
+                        action: "Scale".into(),
+                        secondary: None,
+                    };
+                    if let Err(e) = self.recorder.publish(&ev, &d.object_ref(&())).await {
+                        tracing::debug!("event not recorded: {e}");
+                    }
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(solution = %spec.name, deployment, "scale to zero failed: {e}"),
+        }
+    }
+}
+
+fn observe(a: &Activity, spec: &SolutionSpec, since: SystemTime) -> Observed {
+    let last = a.last_request.get(&spec.name).filter(|t| **t > 0.0).map(|t| UNIX_EPOCH + Duration::from_secs_f64(*t));
+    let busy = a.busy.get(&spec.name).copied().unwrap_or(0.0).max(0.0) as u64;
+    Observed { phase: Phase::Ready, ready_since: since, last_request: last, busy, idle_timeout: spec.settings.idle_timeout }
+}

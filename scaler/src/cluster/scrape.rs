@@ -1,0 +1,139 @@
+//! Reading the gateway replicas: their addresses from the EndpointSlices of the
+//! gateway's admin Service, and from each `/metrics` the per-solution activity
+//! the idle decision needs. One unreadable replica makes the whole reading
+//! unusable (the caller then scales nothing down).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::ListParams;
+use proto::metrics as names;
+
+/// Longest wait for one replica's metrics.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest metrics page accepted (a few hundred solutions fit easily).
+const MAX_PAGE: usize = 8 << 20;
+
+/// Activity of every solution, merged over all gateway replicas.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Activity {
+    /// Latest `last_request_timestamp_seconds` per solution.
+    pub last_request: HashMap<String, f64>,
+    /// In flight + held + open streams per solution, summed.
+    pub busy: HashMap<String, f64>,
+}
+
+impl Activity {
+    /// Adds one replica's metrics page.
+    pub fn add(&mut self, page: &str) {
+        let last = format!("{}_{}{{", names::PREFIX, names::LAST_REQUEST_TIMESTAMP);
+        let busy = [names::IN_FLIGHT, names::HELD, names::OPEN_STREAMS].map(|n| format!("{}_{n}{{", names::PREFIX));
+        for line in page.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            let Some(solution) = label(series, "solution") else { continue };
+            if series.starts_with(&last) {
+                let e = self.last_request.entry(solution.to_string()).or_insert(0.0);
+                *e = e.max(value);
+            } else if busy.iter().any(|b| series.starts_with(b.as_str())) {
+                *self.busy.entry(solution.to_string()).or_insert(0.0) += value;
+            }
+        }
+    }
+}
+
+fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
+    let start = series.find(&format!("{name}=\""))? + name.len() + 2;
+    let len = series[start..].find('"')?;
+    Some(&series[start..start + len])
+}
+
+/// Why a reading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    /// The gateway replicas could not be listed.
+    #[error("listing gateway endpoints: {0}")]
+    List(#[source] kube::Error),
+    /// No gateway replica is ready: activity is unknown.
+    #[error("no ready gateway replica")]
+    NoGateways,
+    /// One replica did not answer.
+    #[error("gateway {addr}: {reason}")]
+    Replica {
+        /// Its address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The admin addresses of the ready gateway replicas.
+pub async fn gateways(client: &kube::Client, namespace: &str, service: &str) -> Result<Vec<SocketAddr>, ScrapeError> {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let slices =
+        api.list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}"))).await.map_err(ScrapeError::List)?;
+    let mut out = Vec::new();
+    for slice in slices {
+        let ports = slice.ports.unwrap_or_default();
+        let port = ports.iter().find(|p| p.name.as_deref() == Some("admin")).or(ports.first()).and_then(|p| p.port);
+        let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else { continue };
+        for ep in slice.endpoints.into_iter().flatten() {
+            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            out.extend(ep.addresses.iter().filter_map(|a| a.parse().ok()).map(|ip| SocketAddr::new(ip, port)));
+        }
+    }
+    if out.is_empty() { Err(ScrapeError::NoGateways) } else { Ok(out) }
+}
+
+/// Reads one replica's `/metrics`.
+pub async fn page(addr: SocketAddr) -> Result<String, ScrapeError> {
+    let fail = |reason: String| ScrapeError::Replica { addr, reason };
+    let fetch = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| fail(e.to_string()))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| fail(e.to_string()))?;
+        tokio::spawn(conn);
+        let req = Request::get("/metrics").header("host", addr.to_string()).body(Empty::<Bytes>::new()).map_err(|e| fail(e.to_string()))?;
+        let resp = send.send_request(req).await.map_err(|e| fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("status {}", resp.status())));
+        }
+        let body = Limited::new(resp.into_body(), MAX_PAGE).collect().await.map_err(|e| fail(e.to_string()))?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    };
+    tokio::time::timeout(SCRAPE_TIMEOUT, fetch).await.unwrap_or_else(|_| Err(fail("timed out".into())))
+}
+
+/// Reads every replica; fails if any one cannot be read.
+pub async fn activity(client: &kube::Client, namespace: &str, service: &str) -> Result<Activity, ScrapeError> {
+    let addrs = gateways(client, namespace, service).await?;
+    let pages = futures_util::future::join_all(addrs.into_iter().map(page)).await;
+    let mut activity = Activity::default();
+    for p in pages {
+        activity.add(&p?);
+    }
+    Ok(activity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_replicas() {
+        let mut a = Activity::default();
+        a.add("# HELP x\nwakegate_last_request_timestamp_seconds{solution=\"nlp\"} 100.5\nwakegate_in_flight_requests{solution=\"nlp\"} 2\nwakegate_held_requests{solution=\"nlp\"} 1\n");
+        a.add("wakegate_last_request_timestamp_seconds{solution=\"nlp\"} 90\nwakegate_open_streams{solution=\"nlp\"} 1\nwakegate_requests_total{solution=\"nlp\",method=\"GET\",code=\"200\"} 7\n# EOF\n");
+        assert_eq!(a.last_request["nlp"], 100.5);
+        assert_eq!(a.busy["nlp"], 4.0);
+        assert_eq!(a.last_request.len(), 1);
+    }
+}

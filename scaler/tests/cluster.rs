@@ -1,0 +1,291 @@
+//! The scaler role against the project's Kubernetes API test server: the wake
+//! API (authenticated, idempotent), idle scale-down from gateway metrics (only
+//! when every replica is idle and readable), Events, and leader failover.
+//! Gateway replicas are stood in for by real HTTP servers serving a metrics
+//! page the test controls, published in an EndpointSlice like real pods.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use kubeapi::TestApi;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use wakegate_scaler::cluster::{self, Args};
+
+const WAIT: Duration = Duration::from_secs(15);
+const TOKEN: &str = "s3cret-token";
+
+fn client(api: &TestApi, user: &str) -> kube::Client {
+    let mut config = kube::Config::new(api.url().parse().expect("url"));
+    config.default_namespace = "wakegate".into();
+    config.auth_info.token = Some(user.to_string().into());
+    kube::Client::try_from(config).expect("client")
+}
+
+fn testapp() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/solutions/testapp.py").display().to_string()
+}
+
+fn seed(api: &TestApi, cm: &[(&str, &str)]) {
+    let data: serde_json::Map<String, Value> = cm.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    api.put(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "wakegate-config", "namespace": "wakegate"}, "data": data}),
+    )
+    .expect("cm");
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "solutions", "labels": {"wakegate.io/expose": "true"}},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 8080}]},
+    }))
+    .expect("svc");
+    api.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "solutions"},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                "terminationGracePeriodSeconds": 2,
+                "containers": [{"name": "web", "image": "example/web", "command": ["python3", testapp(), "--name", "web"],
+                    "ports": [{"containerPort": 8080, "name": "http"}], "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}}}]}},
+        },
+    }))
+    .expect("deployment");
+}
+
+/// A stand-in gateway replica: an HTTP server answering `/metrics` with a page the test sets.
+struct FakeGateway {
+    addr: SocketAddr,
+    page: Arc<Mutex<String>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl FakeGateway {
+    async fn start() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let page = Arc::new(Mutex::new(String::new()));
+        let (tx, mut rx) = oneshot::channel();
+        let p = page.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Ok((mut s, _)) = l.accept() => {
+                        let body = p.lock().unwrap().clone();
+                        tokio::spawn(async move {
+                            let mut buf = [0u8; 2048];
+                            let _ = s.read(&mut buf).await;
+                            let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                            let _ = s.write_all(resp.as_bytes()).await;
+                        });
+                    }
+                    _ = &mut rx => return,
+                }
+            }
+        });
+        Self { addr, page, stop: Some(tx) }
+    }
+
+    /// Reports `web` as last used `ago` and with `busy` requests under way.
+    fn report(&self, ago: Duration, busy: u32) {
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() - ago.as_secs_f64();
+        *self.page.lock().unwrap() = format!(
+            "wakegate_last_request_timestamp_seconds{{solution=\"web\"}} {t}\nwakegate_in_flight_requests{{solution=\"web\"}} {busy}\nwakegate_held_requests{{solution=\"web\"}} 0\nwakegate_open_streams{{solution=\"web\"}} 0\n# EOF\n"
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    fn publish(&self, api: &TestApi, name: &str) {
+        api.put(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "wakegate", "labels": {"kubernetes.io/service-name": "wakegate-gateway-admin"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [self.addr.ip().to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "admin", "port": self.addr.port(), "protocol": "TCP"}],
+        }))
+        .expect("slice");
+    }
+}
+
+struct Scaler {
+    wake: SocketAddr,
+    admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+async fn scaler(api: &TestApi, identity: &str, dir: &std::path::Path) -> Scaler {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let args = Args {
+        namespace: "wakegate".into(),
+        solutions_namespace: "solutions".into(),
+        configmap: "wakegate-config".into(),
+        token_file,
+        gateway_service: "wakegate-gateway-admin".into(),
+        identity: identity.into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        lease_duration: Duration::from_secs(3),
+    };
+    let (wake_l, admin_l) = cluster::bind(&args).await.expect("bind");
+    let (wake, admin) = (wake_l.local_addr().unwrap(), admin_l.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let c = client(api, "scaler");
+    let done = tokio::spawn(async move {
+        cluster::run(args, c, wake_l, admin_l, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("scaler ran");
+    });
+    Scaler { wake, admin, stop: Some(tx), done }
+}
+
+impl Scaler {
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(WAIT, self.done).await;
+    }
+}
+
+async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: scaler\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+async fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let (_, page) = http(addr, "GET", "/metrics", None, "").await;
+    page.lines().find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+async fn replicas(api: &TestApi) -> i32 {
+    let d: Api<Deployment> = Api::namespaced(client(api, "observer"), "solutions");
+    d.get_scale("web").await.ok().and_then(|s| s.spec).and_then(|s| s.replicas).unwrap_or(-1)
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+const WAKE: &str = r#"{"namespace":"solutions","deployment":"web","replicas":1}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wake_api_is_authenticated_and_idempotent() {
+    let api = kubeapi::start().await;
+    seed(&api, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let s = scaler(&api, "scaler-a", dir.path()).await;
+
+    assert_eq!(http(s.wake, "POST", "/v1/wake", None, WAKE).await.0, 401);
+    assert_eq!(http(s.wake, "POST", "/v1/wake", Some("wrong"), WAKE).await.0, 401);
+    assert_eq!(replicas(&api).await, 0, "nothing scaled without the token");
+    let (status, body) = http(s.wake, "POST", "/v1/wake", Some(TOKEN), WAKE).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"scaled": true, "replicas": 1}));
+    let (_, body) = http(s.wake, "POST", "/v1/wake", Some(TOKEN), WAKE).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"scaled": false, "replicas": 1}), "a second wake changes nothing");
+    assert_eq!(replicas(&api).await, 1);
+    let (status, _) = http(s.wake, "POST", "/v1/wake", Some(TOKEN), r#"{"namespace":"solutions","deployment":"nope","replicas":1}"#).await;
+    assert_eq!(status, 404);
+    assert_eq!(http(s.wake, "POST", "/v1/wake", Some(TOKEN), "{not json").await.0, 400);
+    assert!(eventually(|| async { api.processes().len() == 1 }).await, "the simulated kubelet runs one testapp");
+    assert_eq!(metric(s.admin, "wakegate_scaler_wake_requests_total{outcome=\"scaled\"}").await, Some(1.0));
+    assert_eq!(metric(s.admin, "wakegate_scaler_wake_requests_total{outcome=\"unauthorized\"}").await, Some(2.0));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_solutions_sleep_only_when_every_gateway_is_idle_and_readable() {
+    let api = kubeapi::start().await;
+    seed(&api, &[("idle-timeout", "1s"), ("reaper-interval", "200ms")]);
+    let a = FakeGateway::start().await;
+    let mut b = FakeGateway::start().await;
+    a.publish(&api, "gw-a");
+    b.publish(&api, "gw-b");
+    a.report(Duration::from_secs(100), 0);
+    b.report(Duration::from_secs(100), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let s = scaler(&api, "scaler-a", dir.path()).await;
+    assert_eq!(http(s.wake, "POST", "/v1/wake", Some(TOKEN), WAKE).await.0, 200);
+
+    // One gateway still has a request in flight: it stays up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(replicas(&api).await, 1, "busy on gateway b");
+
+    // A gateway that cannot be read: fail safe.
+    b.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(replicas(&api).await, 1, "gateway b unreadable");
+    assert!(metric(s.admin, "wakegate_reaper_scrape_failures_total").await.unwrap_or(0.0) >= 1.0);
+
+    // Both readable and idle: scaled to zero, with an Event on the Deployment.
+    let b2 = FakeGateway::start().await;
+    b2.report(Duration::from_secs(100), 0);
+    b2.publish(&api, "gw-b");
+    assert!(eventually(|| async { replicas(&api).await == 0 }).await, "scaled to zero");
+    assert_eq!(metric(s.admin, "wakegate_scale_downs_total{solution=\"web\",reason=\"idle\"}").await, Some(1.0));
+    let events = api.list("events.k8s.io/v1", "events", Some("solutions"));
+    let ev = events.iter().find(|e| e["reason"] == "ScaledToZero").expect("an Event");
+    assert_eq!(ev["regarding"]["name"], "web");
+    assert!(ev["note"].as_str().unwrap().starts_with("scaled to zero after"), "{ev}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_at_a_time_and_failover() {
+    let api = kubeapi::start().await;
+    seed(&api, &[("idle-timeout", "1s"), ("reaper-interval", "200ms")]);
+    let g = FakeGateway::start().await;
+    g.publish(&api, "gw-a");
+    g.report(Duration::from_secs(100), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let s1 = scaler(&api, "scaler-1", dir.path()).await;
+    let s2 = scaler(&api, "scaler-2", dir.path()).await;
+    let one = eventually(|| async {
+        let l1 = metric(s1.admin, "wakegate_scaler_leader").await.unwrap_or(0.0);
+        let l2 = metric(s2.admin, "wakegate_scaler_leader").await.unwrap_or(0.0);
+        l1 + l2 == 1.0
+    })
+    .await;
+    assert!(one, "exactly one leader");
+    let (leader, follower) = if metric(s1.admin, "wakegate_scaler_leader").await == Some(1.0) { (s1, s2) } else { (s2, s1) };
+    assert_eq!(http(follower.wake, "POST", "/v1/wake", Some(TOKEN), WAKE).await.0, 200, "any replica wakes");
+    leader.stop().await;
+    assert!(eventually(|| async { metric(follower.admin, "wakegate_scaler_leader").await == Some(1.0) }).await, "the other takes over");
+    g.report(Duration::from_secs(100), 0);
+    assert!(eventually(|| async { replicas(&api).await == 0 }).await, "and scale-down still happens");
+    let lease = api.get("coordination.k8s.io/v1", "leases", "wakegate", "wakegate-scaler").expect("lease");
+    assert!(lease["spec"]["leaseTransitions"].as_i64().unwrap() >= 1);
+    follower.stop().await;
+}
