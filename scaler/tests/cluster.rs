@@ -4,6 +4,8 @@
 //! Gateway replicas are stood in for by real HTTP servers serving a metrics
 //! page the test controls, published in an EndpointSlice like real pods.
 
+#![allow(clippy::unwrap_used)] // test code: a failed setup should panic loudly
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
