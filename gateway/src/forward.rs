@@ -90,11 +90,32 @@ pub fn to_upstream<B>(req: &mut Request<B>, peer: SocketAddr, client: Client, ho
         append_forwarded_for(h, peer);
     } else {
         // From an untrusted peer, a forwarded chain is a claim, not a fact.
-        h.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_str(&client.ip.to_string()).unwrap_or(HeaderValue::from_static("unknown")));
+        h.insert(X_FORWARDED_FOR.clone(), ip_value(client.ip));
     }
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     h.insert(X_FORWARDED_HOST.clone(), host.clone());
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+thread_local! {
+    /// The last client address rendered as a header value: consecutive requests
+    /// on a thread mostly come from the same few clients.
+    static LAST_IP: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `ip` as a header value, without a fresh allocation when it was just seen.
+fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    LAST_IP.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((seen, v)) = last.as_ref()
+            && *seen == ip
+        {
+            return v.clone();
+        }
+        let v = HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        *last = Some((ip, v.clone()));
+        v
+    })
 }
 
 fn append_forwarded_for(h: &mut HeaderMap, client: SocketAddr) {

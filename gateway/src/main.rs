@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
+/// mimalloc: per-thread free lists make the many small, short-lived
+/// allocations of a proxy (header maps, bodies, futures) cheaper than glibc's
+/// malloc; measured in docs/benchmarks.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for an invalid configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 /// Exit code when a listener cannot be bound (EX_UNAVAILABLE).

@@ -167,7 +167,12 @@ fn rate_limit(sol: &SolutionRt, client: Client, headers: &HeaderMap, rid: &Heade
         } else {
             format!("{} is receiving too many requests; retry in {secs} s", sol.name)
         };
-        let mut resp = refuse(sol, Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", msg).retry_after(secs), headers, rid);
+        let mut resp = refuse(
+            sol,
+            Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", msg).retry_after(secs),
+            headers.get(header::ACCEPT),
+            rid,
+        );
         let h = resp.headers_mut();
         let policy = format!("\"{scope}\";q={};w={}", limiter.burst(), limiter.window_secs());
         if let Ok(v) = HeaderValue::from_str(&policy) {
@@ -181,9 +186,9 @@ fn rate_limit(sol: &SolutionRt, client: Client, headers: &HeaderMap, rid: &Heade
     None
 }
 
-fn refuse(sol: &SolutionRt, r: Refusal, headers: &HeaderMap, rid: &HeaderValue) -> Response<Body> {
+fn refuse(sol: &SolutionRt, r: Refusal, accept: Option<&HeaderValue>, rid: &HeaderValue) -> Response<Body> {
     sol.metrics.rejected(r.reason);
-    r.into_response(headers, rid)
+    r.respond(accept, rid)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -202,14 +207,12 @@ async fn forward(
     let upgrade = req.version() == Version::HTTP_11 && forward::wants_upgrade(req.headers());
     let navigation = !upgrade && waiting::is_navigation(&req);
     // What a refusal needs of the request, kept before the request is sent on.
-    let mut reply_headers = HeaderMap::new();
-    if let Some(a) = req.headers().get(header::ACCEPT) {
-        reply_headers.insert(header::ACCEPT, a.clone());
-    }
+    let accept = req.headers().get(header::ACCEPT).cloned();
+    let reply_headers = accept.as_ref();
     let declared = http_body::Body::size_hint(req.body()).exact();
     if settings.max_body_size > 0 && declared.is_some_and(|n| n > settings.max_body_size) {
         let msg = format!("the request body is larger than {} bytes", settings.max_body_size);
-        return refuse(sol, Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", msg), &reply_headers, rid);
+        return refuse(sol, Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", msg), reply_headers, rid);
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     forward::to_upstream(&mut req, peer, client, &host, rid, upgrade);
@@ -237,7 +240,7 @@ async fn forward(
                     let wait = proto::units::format_duration(settings.upstream_response_timeout);
                     tracing::warn!(solution = %sol.name, endpoint = %ep.addr, "no response within {wait}");
                     let msg = format!("{} did not answer within {wait}", sol.name);
-                    return refuse(sol, Refusal::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", msg), &reply_headers, rid);
+                    return refuse(sol, Refusal::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", msg), reply_headers, rid);
                 };
                 match sent {
                     Ok(sent) => return respond(ep, sent, activity, client_upgrade, rid, started),
@@ -248,14 +251,14 @@ async fn forward(
                         drop(activity);
                         if Instant::now() + RETRY_PAUSE >= deadline {
                             let msg = format!("{} did not accept the connection", sol.name);
-                            return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), &reply_headers, rid);
+                            return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), reply_headers, rid);
                         }
                         tokio::time::sleep(RETRY_PAUSE).await;
                         continue;
                     }
                     Err(SendError::Failed(e)) => {
                         upstream::abort(&ep);
-                        return refuse(sol, classify(sol, &e), &reply_headers, rid);
+                        return refuse(sol, classify(sol, &e), reply_headers, rid);
                     }
                 }
             }
@@ -267,7 +270,7 @@ async fn forward(
             let retry = f.map_or(1, |f| f.retry_at.saturating_duration_since(now).as_secs() + 1);
             let why = f.map_or("it failed to start", |f| f.message.as_str());
             let msg = format!("{} could not be started: {why}; it will be retried", sol.name);
-            return refuse(sol, Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "wake_failed", msg).retry_after(retry), &reply_headers, rid);
+            return refuse(sol, Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "wake_failed", msg).retry_after(retry), reply_headers, rid);
         }
         if matches!(state.phase, Phase::Cold | Phase::Failed | Phase::Stopping) {
             sol.handle.wake();
@@ -281,7 +284,7 @@ async fn forward(
                 None => {
                     let msg = format!("too many requests are waiting for {} to start; try again shortly", sol.name);
                     let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "hold_full", msg).retry_after(retry_hint(&state));
-                    return refuse(sol, r, &reply_headers, rid);
+                    return refuse(sol, r, reply_headers, rid);
                 }
             }
             // Subscribe, then look again: no change can slip in between.
@@ -293,12 +296,12 @@ async fn forward(
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 let msg = format!("{} was removed from the configuration", sol.name);
-                return refuse(sol, Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "removed", msg).retry_after(5), &reply_headers, rid);
+                return refuse(sol, Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "removed", msg).retry_after(5), reply_headers, rid);
             }
             Err(_) => {
                 let msg = format!("{} did not become ready within {}", sol.name, proto::units::format_duration(settings.hold_timeout));
                 let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "hold_timeout", msg).retry_after(retry_hint(&state));
-                return refuse(sol, r, &reply_headers, rid);
+                return refuse(sol, r, reply_headers, rid);
             }
         }
     }

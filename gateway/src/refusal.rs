@@ -40,8 +40,13 @@ impl Refusal {
 
     /// The response, shaped by the request's `Accept` header.
     pub fn into_response(self, request_headers: &HeaderMap, request_id: &HeaderValue) -> Response<Body> {
+        self.respond(request_headers.get(header::ACCEPT), request_id)
+    }
+
+    /// The response for a request whose `Accept` header was `accept`.
+    pub fn respond(self, accept: Option<&HeaderValue>, request_id: &HeaderValue) -> Response<Body> {
         let id = request_id.to_str().unwrap_or("-");
-        let accept = request_headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let accept = accept.and_then(|v| v.to_str().ok()).unwrap_or("");
         let (content_type, body) = if accept.contains("application/json") {
             let v = serde_json::json!({
                 "error": self.reason,

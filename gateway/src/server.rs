@@ -219,9 +219,14 @@ where
         let opts = &self.opts;
         let handler = self.handler.clone();
         let svc_conn = conn.clone();
+        // Plain connections carry no extension: inserting the first one
+        // allocates a map per request, which the common path need not pay.
+        let info = info.tls.then_some(info);
         let svc = service_fn(move |mut req: Request<Incoming>| {
             let serving = svc_conn.serving();
-            req.extensions_mut().insert(info.clone());
+            if let Some(info) = &info {
+                req.extensions_mut().insert(info.clone());
+            }
             let fut = handler(peer, req);
             async move { Ok::<_, Infallible>(fut.await.map(|b| Tracked { inner: b, _serving: serving })) }
         });
