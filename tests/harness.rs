@@ -315,3 +315,87 @@ pub fn testapp_solution(name: &str, args: &str, extra: &str) -> String {
         "[[solution]]\nname = \"{name}\"\ncommand = \"python3 {{testapp}} --name {name} --port {{port}} {args}\"\nprobe = \"/healthz\"\nenv = {{ TESTAPP_STARTS = \"{{dir}}/starts\" }}\n{extra}\n"
     )
 }
+
+/// Any `wakegate` subcommand run as a child process (the cluster roles).
+pub struct Proc {
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+    line: String,
+}
+
+impl Proc {
+    /// Runs `wakegate <args>` with `env`, waiting until a log line contains `ready`.
+    pub fn start(args: &[&str], env: &[(&str, &str)], ready: &str) -> Proc {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .env("WAKEGATE_LOG", "info,wakegate=debug,wakegate_scaler=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn wakegate");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        let marker = ready.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(std::result::Result::ok) {
+                if line.contains(&marker) {
+                    let _ = tx.send(line.clone());
+                }
+                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut p = Proc { child: Some(child), log, line: String::new() };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => p.line = line,
+            Err(_) => panic!("wakegate {args:?} did not log {ready:?} within 30 s; log:\n{}", p.log()),
+        }
+        p
+    }
+
+    /// An address logged as `name=<addr>` on the ready line.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        let start = self.line.find(&format!("{name}=")).unwrap_or_else(|| panic!("{name}= not in {:?}", self.line)) + name.len() + 1;
+        let rest = &self.line[start..];
+        rest[..rest.find(' ').unwrap_or(rest.len())].parse().expect("address")
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sends `signal` (e.g. SIGKILL to simulate a crash, SIGSTOP to freeze it).
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.pid()), signal);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,12 +1,14 @@
 //! The admin listener: `/metrics` (OpenMetrics), `/healthz` (the process is
-//! alive), `/readyz` (it accepts traffic; 503 while draining) and `/status`
-//! (JSON: every solution's phase, replicas, activity and effective settings).
+//! alive), `/readyz` (it accepts traffic; 503 while draining), `/status`
+//! (JSON: every solution's phase, replicas, activity and effective settings)
+//! and `POST /tls/renew` (order a new ACME certificate now, as `cmctl renew`
+//! does for cert-manager; 202, or 404 when the source is not ACME).
 //! Never reachable through the public listener.
 
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 
 use crate::body::Body;
 use crate::gateway::Gateway;
@@ -19,13 +21,37 @@ pub fn handle<B>(gw: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
         "/readyz" if gw.draining() => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".to_string()),
         "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
         "/status" => (StatusCode::OK, "application/json", status(gw)),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz, /readyz or /status\n".to_string()),
+        "/tls/renew" => return renew(req.method()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz, /readyz, /status or POST /tls/renew\n".to_string()),
     };
+    text(status, ctype, body)
+}
+
+fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Body> {
     let mut r = Response::new(Body::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// `POST /tls/renew`: wakes the ACME renewer, whose next pass orders a new
+/// certificate even if the current one is not due. Answers before the order
+/// runs (202); its outcome shows in the log and `wakegate_acme_orders_total`.
+fn renew(method: &Method) -> Response<Body> {
+    if method != Method::POST {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST /tls/renew\n".to_string());
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    match crate::tls::renew::registered() {
+        Some(handle) => {
+            handle.request();
+            tracing::info!("certificate renewal requested through the admin listener");
+            text(StatusCode::ACCEPTED, "text/plain", "renewal requested\n".to_string())
+        }
+        None => text(StatusCode::NOT_FOUND, "text/plain", "no ACME renewer: tls-source is not acme\n".to_string()),
+    }
 }
 
 fn status(gw: &Gateway) -> String {

@@ -33,6 +33,9 @@ enum Command {
         #[arg(short, long, default_value = "wakegate.toml")]
         config: PathBuf,
     },
+    /// Run the gateway role in a Kubernetes cluster (settings from a ConfigMap,
+    /// solutions from labelled Services and Ingresses).
+    Gateway(wakegate::cluster::Args),
     /// Run the scaler role in a Kubernetes cluster (wake API, idle reaper).
     Scaler(ScalerArgs),
     /// Validate a configuration file and print every problem with its key.
@@ -99,6 +102,26 @@ fn main() -> ExitCode {
         },
         Command::Run { config: path } => run(path),
         Command::Scaler(args) => scaler(args),
+        Command::Gateway(args) => gateway(args),
+    }
+}
+
+fn gateway(args: wakegate::cluster::Args) -> ExitCode {
+    let Ok(rt) = runtime(0) else {
+        eprintln!("wakegate: cannot start the runtime");
+        return ExitCode::FAILURE;
+    };
+    let result = rt.block_on(async move {
+        let stop = signalled();
+        let stop_now = async { signalled().await };
+        wakegate::cluster::run(args, stop, stop_now).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wakegate gateway: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
     }
 }
 

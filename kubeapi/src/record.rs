@@ -41,7 +41,13 @@ impl RecordedRequest {
             resource: resource.plural,
             subresource: req.subresource.map(|s| s.as_str()),
             namespace: req.namespace.clone(),
-            name: req.name.clone(),
+            // Like kube-apiserver's RequestInfo: a list or watch narrowed to one
+            // object by `metadata.name` is authorised as a request for that
+            // name, so RBAC `resourceNames` apply to it.
+            name: req.name.clone().or_else(|| {
+                let selector = req.query.get("fieldSelector")?;
+                selector.split(',').find_map(|term| term.strip_prefix("metadata.name=")).map(str::to_string)
+            }),
         }
     }
 

@@ -10,11 +10,18 @@
 //!
 //! [`Renewer::tick`] is one pass (load what the store holds, serve it if it
 //! is new, obtain if due); [`Renewer::run`] repeats it until shutdown.
+//!
+//! A renewal can also be forced, the way cert-manager users run `cmctl
+//! renew`: [`RenewHandle::request`] (the admin listener's `POST /tls/renew`)
+//! wakes the loop, and its next pass orders a certificate even if the current
+//! one is not due. The request stands until an order succeeds; a failed one is
+//! retried with the usual backoff, never in a tight loop.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::tls::acme::{Acme, AcmeError, Issued};
 use crate::tls::certkey::{CertBundle, CertInfo};
@@ -63,6 +70,8 @@ pub enum Why {
     Expired,
     /// Its renewal time has come.
     Due,
+    /// An operator asked for a new one ([`RenewHandle::request`]).
+    Requested,
 }
 
 /// When to renew a certificate valid from `cert.not_before` to
@@ -125,6 +134,20 @@ pub struct Tick {
     pub next: Duration,
 }
 
+/// Asks a [`Renewer`] for a new certificate now; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct RenewHandle {
+    shared: Arc<Requests>,
+}
+
+#[derive(Debug, Default)]
+struct Requests {
+    /// Renewals requested so far (a generation number).
+    requested: AtomicU64,
+    /// Wakes the run loop out of its sleep (a permit is kept if it is busy).
+    wake: Notify,
+}
+
 /// Keeps the served certificate obtained and renewed.
 pub struct Renewer {
     acme: Arc<Acme>,
@@ -134,6 +157,36 @@ pub struct Renewer {
     served: Option<Vec<u8>>,
     jitter: f64,
     ari: Option<(Option<AriWindow>, SystemTime)>,
+    requests: Arc<Requests>,
+    /// The request generation the last successful order answered.
+    satisfied: u64,
+    /// The request generation the last pass saw.
+    seen: u64,
+}
+
+/// The handle of the process's running renewer, for the admin listener.
+static REGISTERED: Mutex<Option<RenewHandle>> = Mutex::new(None);
+
+/// Makes `handle` the one [`registered`] returns (the latest wins).
+pub fn register(handle: RenewHandle) {
+    *REGISTERED.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+}
+
+/// The handle of the renewer this process runs, if the source is ACME.
+pub fn registered() -> Option<RenewHandle> {
+    REGISTERED.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+// === impl RenewHandle ===
+
+impl RenewHandle {
+    /// Asks for a new certificate: the renewer's next pass (started at once
+    /// if it is sleeping, else right after the current one) orders one even
+    /// if the current certificate is not due.
+    pub fn request(&self) {
+        self.shared.requested.fetch_add(1, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
 }
 
 // === impl Renewer ===
@@ -141,16 +194,43 @@ pub struct Renewer {
 impl Renewer {
     /// A renewer serving through `resolver`, reporting to `metrics`.
     pub fn new(acme: Arc<Acme>, resolver: Arc<CertResolver>, metrics: TlsMetrics) -> Self {
-        Self { acme, resolver, metrics, failures: 0, served: None, jitter: fastrand::f64(), ari: None }
+        Self {
+            acme,
+            resolver,
+            metrics,
+            failures: 0,
+            served: None,
+            jitter: fastrand::f64(),
+            ari: None,
+            requests: Arc::default(),
+            satisfied: 0,
+            seen: 0,
+        }
     }
 
-    /// Runs [`Self::tick`] until `shutdown` turns true.
+    /// A handle that forces a renewal ([`RenewHandle::request`]).
+    pub fn handle(&self) -> RenewHandle {
+        RenewHandle { shared: self.requests.clone() }
+    }
+
+    /// Runs [`Self::tick`] until `shutdown` turns true; a
+    /// [`RenewHandle::request`] the last pass did not see cuts the wait short
+    /// (one it saw is already ordered, or retried after the backoff).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let requests = self.requests.clone();
         loop {
             let tick = self.tick(SystemTime::now()).await;
-            tokio::select! {
-                _ = tokio::time::sleep(tick.next) => {}
-                _ = stopped(&mut shutdown) => return,
+            let until = tokio::time::Instant::now() + tick.next;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = requests.wake.notified() => {
+                        if requests.requested.load(Ordering::SeqCst) > self.seen {
+                            break;
+                        }
+                    }
+                    _ = stopped(&mut shutdown) => return,
+                }
             }
         }
     }
@@ -164,7 +244,13 @@ impl Renewer {
             self.refresh_ari(bundle, now).await;
         }
         let ari = self.ari.and_then(|(w, _)| w);
-        match decide(now, stored.as_ref().map(|(_, i)| i), ari, self.jitter) {
+        let requested = self.requests.requested.load(Ordering::SeqCst);
+        self.seen = requested;
+        let decision = match decide(now, stored.as_ref().map(|(_, i)| i), ari, self.jitter) {
+            Decision::WaitUntil(_) if requested > self.satisfied => Decision::Obtain(Why::Requested),
+            d => d,
+        };
+        match decision {
             Decision::WaitUntil(at) => {
                 let mut next = at.duration_since(now).unwrap_or_default().min(MAX_SLEEP);
                 if let Some((_, recheck)) = self.ari {
@@ -175,7 +261,11 @@ impl Renewer {
             }
             Decision::Obtain(why) => {
                 tracing::info!(base = %self.acme.config().base, ?why, "ordering a certificate");
-                self.obtain(stored.as_ref().map(|(b, _)| b), now).await
+                let tick = self.obtain(stored.as_ref().map(|(b, _)| b), now).await;
+                if matches!(tick.outcome, Outcome::Obtained(_)) {
+                    self.satisfied = requested;
+                }
+                tick
             }
         }
     }
@@ -267,6 +357,19 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_request_wakes_the_loop_even_when_made_while_it_is_busy() {
+        let handle = RenewHandle::default();
+        // Made before anyone waits: the permit is kept for the next wait.
+        handle.request();
+        handle.clone().request();
+        assert_eq!(handle.shared.requested.load(Ordering::SeqCst), 2);
+        let woke = tokio::time::timeout(Duration::from_secs(1), handle.shared.wake.notified()).await;
+        assert!(woke.is_ok(), "the pending request wakes the next wait");
+        register(handle.clone());
+        assert!(registered().is_some_and(|h| Arc::ptr_eq(&h.shared, &handle.shared)));
+    }
 
     const DAY: Duration = Duration::from_secs(86_400);
 

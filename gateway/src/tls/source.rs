@@ -1,13 +1,14 @@
 //! Starting the configured certificate source: generate (self-signed), watch
 //! files, or obtain and renew through ACME; each puts its certificate into
-//! the shared [`CertResolver`].
+//! the shared [`CertResolver`]. The ACME renewer's handle is registered
+//! ([`renew::registered`]) for the admin listener's `POST /tls/renew`.
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use crate::tls::acme::Acme;
-use crate::tls::renew::Renewer;
+use crate::tls::renew::{self, Renewer};
 use crate::tls::settings::{TlsSettings, TlsSource};
 use crate::tls::{CertResolver, DirStore, TlsMetrics, files, selfsigned};
 
@@ -58,7 +59,10 @@ pub async fn start(
             };
             let dir = tls.dir.clone().unwrap_or_else(|| "tls".into());
             let acme = Arc::new(Acme::new(config, Arc::new(DirStore::new(dir)), dns));
-            tokio::spawn(Renewer::new(acme, resolver, metrics).run(shutdown));
+            let renewer = Renewer::new(acme, resolver, metrics);
+            // The admin listener's `POST /tls/renew` reaches it through this.
+            renew::register(renewer.handle());
+            tokio::spawn(renewer.run(shutdown));
         }
     }
     Ok(())
