@@ -55,6 +55,34 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, AppEr
     TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, what, source })
 }
 
+/// Spawns the public, HTTPS and admin servers (embedded and cluster mode alike).
+pub(crate) fn spawn_servers(
+    gw: &Arc<Gateway>,
+    public: TcpListener,
+    admin: TcpListener,
+    tls: Option<TcpListener>,
+    acceptor: Option<TlsAcceptor>,
+    shutdown: &watch::Receiver<bool>,
+    grace: std::time::Duration,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let policy: Arc<dyn server::Policy> = gw.clone();
+    let mut tasks = Vec::new();
+    let g = gw.clone();
+    let handler = move |peer, req| proxy::handle(g.clone(), peer, req);
+    tasks.push(tokio::spawn(server::serve(public, handler.clone(), policy.clone(), None, shutdown.clone(), grace)));
+    if let Some(l) = tls {
+        tasks.push(tokio::spawn(server::serve(l, handler, policy, acceptor, shutdown.clone(), grace)));
+    }
+    let g = gw.clone();
+    let admin_handler = move |_peer, req: http::Request<hyper::body::Incoming>| {
+        let r = admin::handle(&g, &req);
+        async move { r }
+    };
+    let fixed = Arc::new(server::Fixed(server::Options::default()));
+    tasks.push(tokio::spawn(server::serve(admin, admin_handler, fixed, None, shutdown.clone(), grace)));
+    tasks
+}
+
 /// How often refilled rate-limiter entries are dropped.
 const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -111,26 +139,7 @@ pub async fn run(
         }
     };
 
-    let policy: Arc<dyn server::Policy> = gw.clone();
-    let mut tasks = Vec::new();
-    let g = gw.clone();
-    let handler = move |peer, req| proxy::handle(g.clone(), peer, req);
-    tasks.push(tokio::spawn(server::serve(public, handler.clone(), policy.clone(), None, shutdown.clone(), grace)));
-    if let Some(l) = tls_l {
-        tasks.push(tokio::spawn(server::serve(l, handler, policy, acceptor, shutdown.clone(), grace)));
-    }
-    let g = gw.clone();
-    tasks.push(tokio::spawn(server::serve(
-        admin_l,
-        move |_peer, req| {
-            let r = admin::handle(&g, &req);
-            async move { r }
-        },
-        Arc::new(server::Fixed(server::Options::default())),
-        None,
-        shutdown.clone(),
-        grace,
-    )));
+    let tasks = spawn_servers(&gw, public, admin_l, tls_l, acceptor, &shutdown, grace);
     tokio::spawn(scaler::reaper::run(gw.clone(), shutdown.clone()));
     tokio::spawn(prune_limiters(gw.clone(), shutdown.clone()));
     tokio::spawn(reload::watch(path, gw.clone(), shutdown.clone()));

@@ -41,9 +41,9 @@ use self::wake::Waker;
 use crate::config::Loaded;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::server;
 use crate::tls::CertResolver;
 use crate::tls::settings::TlsSource;
-use crate::{admin, proxy, server};
 
 /// How often refilled rate-limiter entries are dropped.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
@@ -218,7 +218,7 @@ pub async fn run_with(
         Some(_) => start_tls(&args, &client, &loaded, &metrics, &shutdown).await?,
     };
 
-    let tasks = serve(&gw, listeners.public, listeners.admin, tls_l, acceptor, &shutdown, grace);
+    let tasks = crate::app::spawn_servers(&gw, listeners.public, listeners.admin, tls_l, acceptor, &shutdown, grace);
     let live = Live {
         gw: gw.clone(),
         settings: settings_rx,
@@ -323,39 +323,6 @@ async fn initial(
             }
         }
     }
-}
-
-/// Spawns the public, HTTPS and admin servers.
-fn serve(
-    gw: &Arc<Gateway>,
-    public: TcpListener,
-    admin_l: TcpListener,
-    tls_l: Option<TcpListener>,
-    acceptor: Option<TlsAcceptor>,
-    shutdown: &watch::Receiver<bool>,
-    grace: Duration,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let policy: Arc<dyn server::Policy> = gw.clone();
-    let mut tasks = Vec::new();
-    let g = gw.clone();
-    let handler = move |peer, req| proxy::handle(g.clone(), peer, req);
-    tasks.push(tokio::spawn(server::serve(public, handler.clone(), policy.clone(), None, shutdown.clone(), grace)));
-    if let Some(l) = tls_l {
-        tasks.push(tokio::spawn(server::serve(l, handler, policy, acceptor, shutdown.clone(), grace)));
-    }
-    let g = gw.clone();
-    tasks.push(tokio::spawn(server::serve(
-        admin_l,
-        move |_peer, req| {
-            let r = admin::handle(&g, &req);
-            async move { r }
-        },
-        Arc::new(server::Fixed(server::Options::default())),
-        None,
-        shutdown.clone(),
-        grace,
-    )));
-    tasks
 }
 
 async fn prune_limiters(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
