@@ -66,7 +66,11 @@ fn status(gw: &Gateway) -> String {
                 spec.settings.to_pairs().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
             serde_json::json!({
                 "name": &*s.name,
-                "kind": if spec.scales() { "process" } else { "upstream" },
+                "kind": match spec.backend {
+                    proto::Backend::Process(_) => "process",
+                    proto::Backend::Upstream(_) => "upstream",
+                    proto::Backend::Cluster(_) => "cluster",
+                },
                 "phase": state.phase.as_str(),
                 "replicas": state.endpoints.len(),
                 "endpoints": state.endpoints.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
