@@ -214,31 +214,16 @@ async fn two_gateways_and_two_scalers_wake_and_sleep_a_deployment() {
 
 /// Granted but legitimately unused in this test, each with its reason.
 const GATEWAY_UNUSED: &[(&str, &str, &str)] = &[
-    // ACME runs only with tls-source acme (covered by tests/tls.rs and gateway/tests/cluster.rs).
+    // The TLS Secrets and the ACME Lease are used only with tls-source acme
+    // (gateway/tests/cluster.rs covers the Secret path; tests/tls.rs ACME).
     ("wakegate", "secrets", "*"),
     ("wakegate", "leases", "*"),
     // Events are published only for a rejected ConfigMap edit (gateway/tests/cluster.rs).
     ("wakegate", "events", "*"),
-    // Ingresses of class wakegate: watched, but listing them is enough here.
-    ("solutions", "ingresses", "get"),
-    ("solutions", "services", "get"),
-    ("wakegate", "configmaps", "get"),
-    // Pods give the waiting page its phases once the Pod watch lands.
-    ("solutions", "pods", "*"),
 ];
 const SCALER_UNUSED: &[(&str, &str, &str)] = &[
-    // `update` is the non-patch way to write a Lease or a scale; we patch or replace.
-    ("wakegate", "leases", "patch"),
-    ("solutions", "deployments/scale", "update"),
-    // Events are patched only when the same event repeats within minutes.
+    // The event recorder patches an event that repeats within minutes.
     ("solutions", "events", "patch"),
-    ("solutions", "deployments", "list"),
-    ("solutions", "deployments", "watch"),
-    ("solutions", "services", "get"),
-    ("solutions", "services", "watch"),
-    ("wakegate", "configmaps", "list"),
-    ("wakegate", "configmaps", "watch"),
-    ("wakegate", "endpointslices", "watch"),
 ];
 
 /// One granted (namespace, resource, verb), from a Role rule.

@@ -87,6 +87,13 @@ impl Conn {
         self.pending.store(0, Ordering::Relaxed);
     }
 
+    /// Marks the connection as HTTP/2 (ALPN said so; below TLS the preface
+    /// cannot be seen): the request-head timeout then does not apply, since
+    /// HTTP/2 clients send frames (PING, WINDOW_UPDATE) between requests.
+    pub fn set_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
+    }
+
     /// A request starts being served; the guard ends it.
     pub fn serving(self: &Arc<Self>) -> Serving {
         self.in_service.fetch_add(1, Ordering::Relaxed);

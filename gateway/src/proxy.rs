@@ -61,8 +61,8 @@ fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Re
     if !is_tls
         && view.ssl_redirect
         && let Some(h) = host_str
+        && let Some(name) = crate::router::normalize_host(h)
     {
-        let name = crate::router::normalize_host(h);
         let port = if view.https_port == 443 { String::new() } else { format!(":{}", view.https_port) };
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         if let Ok(location) = HeaderValue::from_str(&format!("https://{name}{port}{target}")) {
@@ -75,8 +75,8 @@ fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Re
     }
     if let (Some(info), Some(h)) = (info, host_str)
         && let Some(sni) = &info.sni
+        && let Some(name) = crate::router::normalize_host(h)
     {
-        let name = crate::router::normalize_host(h);
         let base = gw.routes();
         let covered =
             |n: &str| n == base.base() || n.strip_suffix(base.base()).is_some_and(|p| p.ends_with('.') && !p[..p.len() - 1].contains('.'));
@@ -95,11 +95,17 @@ fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Re
 }
 
 /// The host the request is for, as sent: the target's authority, else `Host`.
+/// Two `Host` fields make it ambiguous (RFC 9112 §3.2): none then.
 fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return None;
+    }
     if let Some(a) = req.uri().authority() {
         return HeaderValue::from_str(a.as_str()).ok();
     }
-    req.headers().get(header::HOST).filter(|h| !h.is_empty()).cloned()
+    host.filter(|h| !h.is_empty()).cloned()
 }
 
 async fn route(gw: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>, rid: &HeaderValue, started: Instant) -> Response<Body> {
@@ -112,9 +118,19 @@ async fn route(gw: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>, rid:
         let r = Refusal::new(StatusCode::URI_TOO_LONG, "uri_too_long", format!("the request target is longer than {max_uri} bytes"));
         return r.into_response(req.headers(), rid);
     }
+    if req.method() == http::Method::CONNECT {
+        // The gateway is no forward proxy, and no solution is reached by tunnel.
+        gw.metrics.rejected_unrouted("method_not_allowed");
+        let mut r = Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "CONNECT is not served here")
+            .into_response(req.headers(), rid);
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        // The client may already be sending tunnel bytes: never read them as requests.
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
     let Some(host) = host_of(&req) else {
         gw.metrics.rejected_unrouted("missing_host");
-        let r = Refusal::new(StatusCode::BAD_REQUEST, "missing_host", "the request names no host (Host header)");
+        let r = Refusal::new(StatusCode::BAD_REQUEST, "missing_host", "the request names no single host (one Host header)");
         return r.into_response(req.headers(), rid);
     };
     let Ok(host_str) = host.to_str() else {
@@ -133,7 +149,13 @@ async fn route(gw: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>, rid:
             }
             Target::Unknown => {
                 gw.metrics.rejected_unrouted("unknown_host");
-                return Refusal::unknown_host(&crate::router::normalize_host(host_str)).into_response(req.headers(), rid);
+                let name = crate::router::normalize_host(host_str).unwrap_or_default();
+                return Refusal::unknown_host(&name).into_response(req.headers(), rid);
+            }
+            Target::Invalid => {
+                gw.metrics.rejected_unrouted("bad_host");
+                return Refusal::new(StatusCode::BAD_REQUEST, "bad_host", "the Host header is not a valid host name")
+                    .into_response(req.headers(), rid);
             }
         }
     };

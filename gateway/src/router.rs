@@ -16,6 +16,8 @@ pub enum Target<'a> {
     Solution(&'a Arc<SolutionRt>),
     /// Nothing is served here.
     Unknown,
+    /// Not a host name at all.
+    Invalid,
 }
 
 /// The routing table; replaced whole when the config changes.
@@ -45,7 +47,7 @@ impl Routes {
 
     /// Routes a raw host (as received).
     pub fn route(&self, raw_host: &str) -> Target<'_> {
-        let host = normalize_host(raw_host);
+        let Some(host) = normalize_host(raw_host) else { return Target::Invalid };
         if host == self.base {
             return Target::Catalog;
         }
@@ -59,19 +61,41 @@ impl Routes {
     }
 }
 
-/// Lower case, no port, no trailing dot. Borrows when nothing changes.
-pub fn normalize_host(raw: &str) -> Cow<'_, str> {
-    let without_port = if raw.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop a port after them.
-        raw.find(']').map_or(raw, |i| &raw[..=i])
+/// Lower case, no port, no trailing dot; `None` if `raw` is not a host at all
+/// (more than one port, empty labels, characters no DNS name has). Borrows
+/// when nothing changes. A second pass over the result changes nothing.
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
+    let (host, port) = if raw.starts_with('[') {
+        let end = raw.find(']')?;
+        raw.split_at(end + 1)
     } else {
-        match raw.rfind(':') {
-            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
-            _ => raw,
-        }
+        raw.rfind(':').map_or((raw, ""), |i| raw.split_at(i))
     };
-    let trimmed = without_port.strip_suffix('.').unwrap_or(without_port);
-    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(trimmed.to_ascii_lowercase()) } else { Cow::Borrowed(trimmed) }
+    if !port.is_empty() {
+        let digits = port.strip_prefix(':')?;
+        if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    }
+    let name = if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']')?;
+        if inner.is_empty() || !inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return None;
+        }
+        host
+    } else {
+        let name = host.strip_suffix('.').unwrap_or(host);
+        if name.is_empty() || name.len() > 253 {
+            return None;
+        }
+        for label in name.split('.') {
+            if label.is_empty() || label.len() > 63 || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return None;
+            }
+        }
+        name
+    };
+    Some(if name.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(name.to_ascii_lowercase()) } else { Cow::Borrowed(name) })
 }
 
 #[cfg(test)]
@@ -80,11 +104,15 @@ mod tests {
 
     #[test]
     fn normalises_hosts() {
-        assert_eq!(normalize_host("NLP.Localhost:8080"), "nlp.localhost");
-        assert_eq!(normalize_host("nlp.localhost."), "nlp.localhost");
-        assert_eq!(normalize_host("nlp.localhost.:80"), "nlp.localhost");
-        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
-        assert_eq!(normalize_host("nlp"), "nlp");
-        assert!(matches!(normalize_host("plain.host"), Cow::Borrowed(_)));
+        let n = |s| normalize_host(s).map(|c| c.into_owned());
+        assert_eq!(n("NLP.Localhost:8080").as_deref(), Some("nlp.localhost"));
+        assert_eq!(n("nlp.localhost.").as_deref(), Some("nlp.localhost"));
+        assert_eq!(n("nlp.localhost.:80").as_deref(), Some("nlp.localhost"));
+        assert_eq!(n("[::1]:8080").as_deref(), Some("[::1]"));
+        assert_eq!(n("nlp").as_deref(), Some("nlp"));
+        assert!(matches!(normalize_host("plain.host"), Some(Cow::Borrowed(_))));
+        for bad in ["", ".", "..", "a..b", "app.localhost:80:80", "h:", "h:123456", "[", "[.", "[zz]", "a b", "a_b"] {
+            assert_eq!(n(bad), None, "{bad:?}");
+        }
     }
 }

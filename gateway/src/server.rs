@@ -187,6 +187,9 @@ where
             Some(acceptor) => match tokio::time::timeout(opts.header_timeout, acceptor.accept(io)).await {
                 Ok(Ok(stream)) => {
                     let (_, session) = stream.get_ref();
+                    if session.alpn_protocol() == Some(b"h2") {
+                        conn.set_h2();
+                    }
                     let info = ConnInfo {
                         tls: true,
                         sni: session.server_name().map(|s| Arc::from(s.to_ascii_lowercase())),
@@ -248,7 +251,9 @@ where
         let mut served = Box::pin(watcher.watch(served.into_owned()));
         let expiry = loop {
             let check = match conn.expiry(opts.header_timeout, opts.keepalive) {
-                Expiry::Wait(at) => at,
+                // A request head may start at any moment while we sleep towards the
+                // keep-alive deadline: look again at least every half header timeout.
+                Expiry::Wait(at) => at.min(std::time::Instant::now() + opts.header_timeout / 2),
                 other => break other,
             };
             tokio::select! {

@@ -43,7 +43,9 @@ const MAX_NOTE: usize = 1024;
 pub fn parse(name: &str, data: &BTreeMap<String, String>) -> Result<Loaded, ConfigErrors> {
     let prefix = format!("configmap.{name}.");
     let mut pairs = data.clone();
-    if pairs.get("tls-source").map(|s| s.trim()) == Some("acme") && !pairs.contains_key("tls-dir") {
+    // In a cluster the certificate lives in Secrets; an empty `tls-dir` (as the
+    // generated ConfigMap ships it) means "not set", as everywhere else.
+    if pairs.get("tls-source").map(|s| s.trim()) == Some("acme") && pairs.get("tls-dir").is_none_or(|d| d.trim().is_empty()) {
         pairs.insert("tls-dir".into(), SECRETS_AS_DIR.into());
     }
     let (settings, mut errors) = match Settings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), &prefix) {
