@@ -435,8 +435,10 @@ async fn requests_are_recorded_with_the_bearer_token_user() -> Result<()> {
     expect("operator", "list", "", "configmaps", None);
     assert!(api.requests().iter().any(|r| r.user == "operator" && r.namespace.as_deref() == Some("wakegate")));
     expect("scaler-token", "create", "apps", "deployments", None);
-    expect("gateway-token", "list", "", "configmaps", None);
-    expect("gateway-token", "watch", "", "configmaps", None);
+    // A list or watch narrowed by `metadata.name` is recorded under that name,
+    // as kube-apiserver authorises it (RBAC resourceNames apply).
+    expect("gateway-token", "list", "", "configmaps", Some("settings"));
+    expect("gateway-token", "watch", "", "configmaps", Some("settings"));
     expect("gateway-token", "get", "", "configmaps", Some("settings"));
     expect("scaler-token", "patch", "apps", "deployments/scale", Some("web"));
     assert!(seen.iter().filter(|s| s.0 == "gateway-token").all(|s| ["get", "list", "watch"].contains(&s.1)), "the gateway only reads");
