@@ -16,7 +16,16 @@ use crate::gateway::Gateway;
 /// Answers one admin request.
 pub fn handle<B>(gw: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
     let (status, ctype, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", gw.metrics.encode()),
+        "/metrics" => {
+            // Ready replicas are read from each solution's published state at
+            // scrape time: right in both modes, whoever scaled it.
+            for s in &gw.routes().list {
+                let state = s.handle.cell.load();
+                let ready = if state.phase == proto::Phase::Ready { state.endpoints.len() } else { 0 };
+                s.metrics.ready.set(i64::try_from(ready).unwrap_or(i64::MAX));
+            }
+            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", gw.metrics.encode())
+        }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" if gw.draining() => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".to_string()),
         "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_string()),

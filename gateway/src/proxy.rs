@@ -88,6 +88,9 @@ fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Re
             let msg = format!("this connection was opened for {sni}, not {name}; open a new one");
             let mut r = Refusal::new(StatusCode::MISDIRECTED_REQUEST, "misdirected", msg).into_response(req.headers(), rid);
             r.headers_mut().insert(request_id::HEADER, rid.clone());
+            if let Some(v) = view.hsts.and_then(|age| HeaderValue::from_str(&format!("max-age={age}; includeSubDomains")).ok()) {
+                r.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
+            }
             return Err(Box::new(r));
         }
     }
