@@ -7,14 +7,16 @@
 //! records gone afterwards; the same ACME account across restarts; a DNS
 //! failure counted and classified while the old certificate keeps serving.
 
-#[path = "acme/rig.rs"]
+// The same rig as the binary's TLS tests (tests/tls.rs).
+#[allow(dead_code)]
+#[path = "../../tests/acme_rig.rs"]
 mod rig;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::registry::Registry;
-use rig::{Error, Options, Rig, ZONE};
+use rig::{Options, Rig, ZONE};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 use wakegate::tls::acme::{Acme, AcmeConfig, AcmeError, Eab};
@@ -27,6 +29,14 @@ use wakegate::tls::store::{CertStore, DirStore};
 use wakegate::tls::{CertResolver, TlsMetrics, selfsigned, server_config, sni_of};
 
 const OWNER: &str = "_acme-challenge.aim.test";
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The TSIG key knot accepts for updates of `_acme-challenge.aim.test`.
+fn tsig_key(rig: &Rig) -> Result<TsigKey, Error> {
+    let secret = data_encoding::BASE64.decode(rig.tsig_secret.as_bytes())?;
+    Ok(TsigKey { name: rig::KEY_NAME.into(), algorithm: wakegate::tls::rfc2136::TsigAlgorithm::HmacSha256, secret })
+}
 
 fn config(rig: &Rig, eab: Option<Eab>) -> AcmeConfig {
     AcmeConfig {
@@ -105,7 +115,7 @@ async fn rfc2136_wildcard_certificate_is_served_renewed_and_the_account_reused()
     let rig = Rig::start(Options::default()).await?;
     let store_dir = rig.dir.path().join("tls");
     let store: Arc<dyn CertStore> = Arc::new(DirStore::new(&store_dir));
-    let rfc2136: Arc<dyn DnsProvider> = Arc::new(Rfc2136::new(rig.dns.to_string(), ZONE, &rig.tsig_key()?)?);
+    let rfc2136: Arc<dyn DnsProvider> = Arc::new(Rfc2136::new(rig.dns.to_string(), ZONE, &tsig_key(&rig)?)?);
     let observed = Arc::new(Observed { inner: rfc2136.clone(), dns: rig.dns, seen_before_cleanup: Mutex::new(Vec::new()) });
     let acme = Arc::new(Acme::new(config(&rig, None), store.clone(), observed.clone()));
 
@@ -173,7 +183,7 @@ async fn rfc2136_wildcard_certificate_is_served_renewed_and_the_account_reused()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_tsig_secret_is_a_counted_dns_error_and_the_old_certificate_stays() -> Result<(), Error> {
     let rig = Rig::start(Options::default()).await?;
-    let good = rig.tsig_key()?;
+    let good = tsig_key(&rig)?;
     let wrong = TsigKey { secret: good.secret.iter().map(|b| b ^ 0x5a).collect(), ..good };
     let dns: Arc<dyn DnsProvider> = Arc::new(Rfc2136::new(rig.dns.to_string(), ZONE, &wrong)?);
     let store: Arc<dyn CertStore> = Arc::new(DirStore::new(rig.dir.path().join("tls")));
