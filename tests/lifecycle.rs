@@ -156,3 +156,19 @@ async fn sigterm_lets_a_slow_request_finish_and_leaves_no_child() {
     assert!(!alive(pid), "no child survives");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_released_after_a_wake_are_paced_by_the_concurrency_limit() {
+    let wg = Wakegate::start(&one("--startup-delay 1", "max-concurrent-requests = 2"));
+    let addr = wg.public;
+    let t0 = Instant::now();
+    let held: Vec<_> = (0..6).map(|_| tokio::spawn(async move { get(addr, "app.localhost", "/slow?ms=500", &[]).await })).collect();
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap().status, 200);
+    }
+    // Six half-second requests, two at a time, after a one-second start: at
+    // least three rounds. (A lower bound: no machine makes it shorter.)
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(2400), "released all at once: {took:?}");
+    assert_eq!(wg.starts().len(), 1);
+}

@@ -80,7 +80,9 @@ struct ScalerArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("WAKEGATE_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
+    // rustls warns once per handshake about clients sending an IP as SNI
+    // (wrk, some health checkers): a log flood, not news. Errors still show.
+    let filter = std::env::var("WAKEGATE_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info,rustls=error".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

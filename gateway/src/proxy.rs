@@ -372,7 +372,10 @@ fn respond(
     rid: &HeaderValue,
     started: Instant,
 ) -> Response<Body> {
-    let Sent { mut response, conn } = sent;
+    let Sent { mut response, conn, permit } = sent;
+    // The gateway speaks its own protocol version to the client, whatever the
+    // solution answered with (an HTTP/1.0 server must not downgrade the client).
+    *response.version_mut() = Version::HTTP_11;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     forward::to_client(response.headers_mut(), rid, switching);
     if switching {
@@ -390,7 +393,7 @@ fn respond(
         return Response::from_parts(parts, Body::empty());
     }
     let (parts, inner) = response.into_parts();
-    let done = Done::new(ep, Some(conn), activity, started);
+    let done = Done::new(ep, (Some(conn), permit), activity, started);
     Response::from_parts(parts, Body::Upstream { inner, done: Some(done) })
 }
 

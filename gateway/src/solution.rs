@@ -90,7 +90,8 @@ impl SolutionRt {
         let set = if Arc::ptr_eq(&set.addrs, addrs) {
             set
         } else {
-            let endpoints = addrs.iter().map(|a| pools.endpoint(*a)).collect();
+            let max = self.spec.load().settings.max_concurrent_requests;
+            let endpoints = addrs.iter().map(|a| pools.endpoint(*a, max)).collect();
             self.endpoints.store(Arc::new(EndpointSet { addrs: addrs.clone(), endpoints }));
             self.endpoints.load()
         };

@@ -32,6 +32,8 @@ type Sender = SendRequest<ReqBody>;
 pub struct Endpoint {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Requests forwarded at once (`max-concurrent-requests`); `None` = unlimited.
+    permits: Option<Arc<tokio::sync::Semaphore>>,
     in_flight: AtomicUsize,
     idle: ArrayQueue<Sender>,
 }
@@ -51,13 +53,17 @@ pub struct Pools {
 
 impl Pools {
     /// The endpoint at `addr`, created on first use.
-    pub fn endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
+    /// `max_concurrent` applies from the endpoint's creation (0 = unlimited).
+    pub fn endpoint(&self, addr: SocketAddr, max_concurrent: u32) -> Arc<Endpoint> {
         if let Some(ep) = self.map.get(&addr) {
             return ep.clone();
         }
+        let permits = usize::try_from(max_concurrent).ok().filter(|n| *n > 0).map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
         self.map
             .entry(addr)
-            .or_insert_with(|| Arc::new(Endpoint { addr, in_flight: AtomicUsize::new(0), idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT) }))
+            .or_insert_with(|| {
+                Arc::new(Endpoint { addr, permits, in_flight: AtomicUsize::new(0), idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT) })
+            })
             .clone()
     }
 
@@ -81,10 +87,16 @@ pub struct Sent {
     pub response: Response<Incoming>,
     /// The connection it came on (pooled again once the body ends cleanly).
     pub conn: Sender,
+    /// Its share of the endpoint's concurrency, held until the body ends.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Sends `req` to `ep`, on an idle connection or a new one.
 pub async fn send(ep: &Endpoint, mut req: Request<ReqBody>, connect_timeout: Duration) -> Result<Sent, SendError> {
+    let permit = match &ep.permits {
+        Some(p) => p.clone().acquire_owned().await.ok(),
+        None => None,
+    };
     let mut last_error = String::new();
     for _ in 0..SEND_ATTEMPTS {
         let mut conn = match pooled(ep).await {
@@ -95,7 +107,7 @@ pub async fn send(ep: &Endpoint, mut req: Request<ReqBody>, connect_timeout: Dur
             },
         };
         match conn.try_send_request(req).await {
-            Ok(response) => return Ok(Sent { response, conn }),
+            Ok(response) => return Ok(Sent { response, conn, permit }),
             Err(mut e) => match e.take_message() {
                 Some(r) => {
                     last_error = e.into_error().to_string();
@@ -142,14 +154,21 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, String> 
 pub struct Done {
     ep: Arc<Endpoint>,
     conn: Option<Sender>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     activity: Option<OwnedActivity>,
     started: Instant,
 }
 
 impl Done {
     /// Takes over `ep`'s in-flight count (see [`begin`]).
-    pub fn new(ep: Arc<Endpoint>, conn: Option<Sender>, activity: OwnedActivity, started: Instant) -> Self {
-        Self { ep, conn, activity: Some(activity), started }
+    pub fn new(
+        ep: Arc<Endpoint>,
+        sent_conn: (Option<Sender>, Option<tokio::sync::OwnedSemaphorePermit>),
+        activity: OwnedActivity,
+        started: Instant,
+    ) -> Self {
+        let (conn, permit) = sent_conn;
+        Self { ep, conn, _permit: permit, activity: Some(activity), started }
     }
 
     /// The body ended; `clean` if it ended without error.

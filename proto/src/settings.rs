@@ -63,6 +63,11 @@ pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
 /// established clients.
 pub const DEFAULT_RATE_LIMIT_MAX_CLIENTS: u32 = 100_000;
 
+/// 256 requests at once per endpoint: far above what one demo pod serves in
+/// parallel, low enough that releasing thousands of held requests after a
+/// wake-up neither floods the pod nor opens thousands of connections to it.
+pub const DEFAULT_MAX_CONCURRENT: u32 = 256;
+
 /// Where a key may be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -217,6 +222,12 @@ pub const KEYS: &[Key] = &[
         default: "300s",
         doc: "time for a solution to send its response headers → 504",
     },
+    Key {
+        name: "max-concurrent-requests",
+        scope: Scope::Solution,
+        default: "256",
+        doc: "requests forwarded to one endpoint at once; more wait (so a just-woken pod is not flooded); 0 = unlimited",
+    },
     Key { name: "wake-replicas", scope: Scope::Solution, default: "1", doc: "replicas a cluster solution is scaled to when it wakes" },
     Key {
         name: "idle-timeout",
@@ -280,6 +291,8 @@ pub struct SolutionSettings {
     pub upstream_response_timeout: Duration,
     /// Replicas a cluster solution wakes to.
     pub wake_replicas: NonZeroU32,
+    /// Requests forwarded to one endpoint at once; 0 = unlimited.
+    pub max_concurrent_requests: u32,
 }
 
 impl Default for SolutionSettings {
@@ -298,6 +311,7 @@ impl Default for SolutionSettings {
             client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
             upstream_response_timeout: DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
             wake_replicas: NonZeroU32::MIN,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT,
         }
     }
 }
@@ -320,6 +334,7 @@ impl SolutionSettings {
             "client-body-timeout" => self.client_body_timeout = positive(parse_duration(value)?)?,
             "upstream-response-timeout" => self.upstream_response_timeout = positive(parse_duration(value)?)?,
             "wake-replicas" => self.wake_replicas = parse_nonzero(value)?,
+            "max-concurrent-requests" => self.max_concurrent_requests = parse_u32(value)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -341,6 +356,7 @@ impl SolutionSettings {
             ("client-body-timeout", format_duration(self.client_body_timeout)),
             ("upstream-response-timeout", format_duration(self.upstream_response_timeout)),
             ("wake-replicas", self.wake_replicas.to_string()),
+            ("max-concurrent-requests", self.max_concurrent_requests.to_string()),
         ]
     }
 }
