@@ -162,8 +162,12 @@ async fn two_gateways_and_two_scalers_wake_and_sleep_a_deployment() {
     assert_eq!(replicas(api), 1, "a request is in flight on gateway 1");
     assert_eq!(slow.await.unwrap().unwrap().status, 200);
     assert!(eventually(Duration::from_secs(10), || async { replicas(api) == 0 }).await, "both idle: scaled to zero");
-    let events = api.list("events.k8s.io/v1", "events", Some("solutions"));
-    assert!(events.iter().any(|e| e["reason"] == "ScaledToZero" && e["regarding"]["name"] == "web"), "{events:?}");
+    // The Event is recorded right after the scale: it may lag the replica count.
+    let scaled_event = || async {
+        let events = api.list("events.k8s.io/v1", "events", Some("solutions"));
+        events.iter().any(|e| e["reason"] == "ScaledToZero" && e["regarding"]["name"] == "web")
+    };
+    assert!(eventually(Duration::from_secs(5), scaled_event).await, "{:?}", api.list("events.k8s.io/v1", "events", Some("solutions")));
 
     // Woken again; then one gateway cannot be read: fail safe.
     assert_eq!(get(addrs[0], "web.aim.test", "/hello", &[]).await.unwrap().status, 200);

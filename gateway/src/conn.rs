@@ -12,7 +12,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The HTTP/2 connection preface, to tell HTTP/2 connections from HTTP/1.
@@ -152,20 +152,39 @@ impl AsyncRead for ClientIo {
             this.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
+        let stream = &this.conn.stream;
         loop {
-            ready!(this.conn.stream.poll_read_ready(cx))?;
-            let dst = buf.initialize_unfilled();
-            match this.conn.stream.try_read(dst) {
-                Ok(n) => {
-                    if n > 0 {
-                        this.conn.on_read(&dst[..n]);
-                    }
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            ready!(stream.poll_read_ready(cx))?;
+            let before = buf.filled().len();
+            let room = buf.remaining();
+            let mut short = false;
+            // Reads into the caller's uninitialised buffer (no zeroing of
+            // hyper's whole read buffer per read). A read that did not fill
+            // the buffer drained the socket (edge-triggered epoll), so its
+            // readiness is cleared here, the way tokio's own
+            // `TcpStream::poll_read` does: the next read waits for the next
+            // event instead of costing a `recv` that fails with EAGAIN. The
+            // outer `try_io` clears only the readiness seen before the read,
+            // so data arriving meanwhile is not missed.
+            let result = stream.try_io(Interest::READABLE, || {
+                let n = stream.try_read_buf(buf)?;
+                if n > 0 && n < room {
+                    short = true;
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
+                Ok(n)
+            });
+            match result {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && short => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
+            let read = &buf.filled()[before..];
+            if !read.is_empty() {
+                this.conn.on_read(read);
+            }
+            return Poll::Ready(Ok(()));
         }
     }
 }

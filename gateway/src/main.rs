@@ -10,6 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 /// mimalloc: per-thread free lists make the many small, short-lived
 /// allocations of a proxy (header maps, bodies, futures) cheaper than glibc's
 /// malloc; measured in docs/benchmarks.md.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -3,10 +3,13 @@
 //! page at once), retrying on another endpoint or holding again when a connect
 //! fails before the solution saw anything.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+use futures_util::future::{Either, ready};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -32,21 +35,32 @@ use crate::{catalog, waiting};
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// Handles one request from `peer`.
-pub async fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+///
+/// Everything decided without waiting (checks, routing, limits, refusals) is
+/// done here, before the returned future exists; only forwarding is a future.
+/// Its size matters: hyper keeps one per connection and moves it for every
+/// request, and every held request keeps one alive (nested `async fn`s would
+/// each store the request again).
+pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send + 'static {
     let started = Instant::now();
     let rid = request_id::of(req.headers());
-    let (is_tls, hsts) = match connection_checks(&gw, &req, &rid) {
-        Ok(x) => x,
-        Err(resp) => return *resp,
+    let (hsts, routed) = match connection_checks(&gw, &req, &rid) {
+        Ok((is_tls, hsts)) => (hsts.filter(|_| is_tls), route(gw, peer, req, &rid, started)),
+        Err(resp) => (None, Err(*resp)),
     };
-    let mut resp = route(&gw, peer, req, &rid, started).await;
-    if let (true, Some(age)) = (is_tls, hsts)
-        && let Ok(v) = HeaderValue::from_str(&format!("max-age={age}; includeSubDomains"))
-    {
-        resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
-    }
-    resp.headers_mut().insert(request_id::HEADER, rid);
-    resp
+    let routed = match routed {
+        Ok(forwarding) => Either::Right(forwarding),
+        Err(resp) => Either::Left(ready(resp)),
+    };
+    routed.map(move |mut resp| {
+        if let Some(age) = hsts
+            && let Ok(v) = HeaderValue::from_str(&format!("max-age={age}; includeSubDomains"))
+        {
+            resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
+        }
+        resp.headers_mut().insert(request_id::HEADER, rid);
+        resp
+    })
 }
 
 /// HTTPS redirect for plain connections, and the SNI/Host agreement check
@@ -111,7 +125,18 @@ fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {
     host.filter(|h| !h.is_empty()).cloned()
 }
 
-async fn route(gw: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>, rid: &HeaderValue, started: Instant) -> Response<Body> {
+/// Routes a request: a refusal or local answer at once (`Err`), or the future
+/// that forwards it to its solution.
+// The `Err` is the response itself, moved once to the client: boxing it would
+// cost an allocation on every refused request.
+#[allow(clippy::result_large_err)]
+fn route(
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    rid: &HeaderValue,
+    started: Instant,
+) -> Result<impl Future<Output = Response<Body>> + Send + 'static + use<>, Response<Body>> {
     let (max_uri, client) = {
         let s = gw.settings_ref();
         (s.max_uri_length, client::identify(peer.ip(), req.headers(), &s.trusted_proxies))
@@ -119,7 +144,7 @@ async fn route(gw: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>, rid:
     if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > max_uri {
         gw.metrics.rejected_unrouted("uri_too_long");
         let r = Refusal::new(StatusCode::URI_TOO_LONG, "uri_too_long", format!("the request target is longer than {max_uri} bytes"));
-        return r.into_response(req.headers(), rid);
+        return Err(r.into_response(req.headers(), rid));
     }
     if req.method() == http::Method::CONNECT {
         // The gateway is no forward proxy, and no solution is reached by tunnel.
@@ -129,51 +154,71 @@ async fn route(gw: &Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>, rid:
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
         // The client may already be sending tunnel bytes: never read them as requests.
         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
+        return Err(r);
     }
     let Some(host) = host_of(&req) else {
         gw.metrics.rejected_unrouted("missing_host");
         let r = Refusal::new(StatusCode::BAD_REQUEST, "missing_host", "the request names no single host (one Host header)");
-        return r.into_response(req.headers(), rid);
+        return Err(r.into_response(req.headers(), rid));
     };
     let Ok(host_str) = host.to_str() else {
         gw.metrics.rejected_unrouted("bad_host");
-        return Refusal::new(StatusCode::BAD_REQUEST, "bad_host", "the Host header is not valid").into_response(req.headers(), rid);
+        return Err(Refusal::new(StatusCode::BAD_REQUEST, "bad_host", "the Host header is not valid").into_response(req.headers(), rid));
     };
     let sol = {
         let routes = gw.routes();
         match routes.route(host_str) {
             Target::Solution(s) => s.clone(),
-            Target::Catalog if req.uri().path() == "/" => return catalog::respond(gw, &routes, &req, host_str),
+            Target::Catalog if req.uri().path() == "/" => return Err(catalog::respond(&gw, &routes, &req, host_str)),
             Target::Catalog => {
                 gw.metrics.rejected_unrouted("not_found");
                 let r = Refusal::new(StatusCode::NOT_FOUND, "not_found", "the base domain serves only the catalog at /");
-                return r.into_response(req.headers(), rid);
+                return Err(r.into_response(req.headers(), rid));
             }
             Target::Unknown => {
                 gw.metrics.rejected_unrouted("unknown_host");
                 let name = crate::router::normalize_host(host_str).unwrap_or_default();
-                return Refusal::unknown_host(&name).into_response(req.headers(), rid);
+                return Err(Refusal::unknown_host(&name).into_response(req.headers(), rid));
             }
             Target::Invalid => {
                 gw.metrics.rejected_unrouted("bad_host");
-                return Refusal::new(StatusCode::BAD_REQUEST, "bad_host", "the Host header is not a valid host name")
-                    .into_response(req.headers(), rid);
+                return Err(Refusal::new(StatusCode::BAD_REQUEST, "bad_host", "the Host header is not a valid host name")
+                    .into_response(req.headers(), rid));
             }
         }
     };
     if req.uri().path() == waiting::STATUS_PATH {
-        return waiting::status(&sol, req.headers());
+        return Err(waiting::status(&sol, req.headers()));
     }
     if let Some(refused) = rate_limit(&sol, client, req.headers(), rid) {
         sol.metrics.request(req.method(), refused.status().as_u16());
-        return refused;
+        return Err(refused);
     }
     sol.metrics.touch();
     let method = req.method().clone();
-    let resp = forward(gw, &sol, peer, client, req, rid, host, started).await;
-    sol.metrics.request(&method, resp.status().as_u16());
-    resp
+    let spec = sol.spec.load_full();
+    let settings = &spec.settings;
+    let upgrade = req.version() == Version::HTTP_11 && forward::wants_upgrade(req.headers());
+    let navigation = !upgrade && waiting::is_navigation(&req);
+    // What a refusal needs of the request, kept before the request is sent on.
+    let accept = req.headers().get(header::ACCEPT).cloned();
+    let declared = http_body::Body::size_hint(req.body()).exact();
+    if settings.max_body_size > 0 && declared.is_some_and(|n| n > settings.max_body_size) {
+        let msg = format!("the request body is larger than {} bytes", settings.max_body_size);
+        let resp = refuse(&sol, Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", msg), accept.as_ref(), rid);
+        sol.metrics.request(&method, resp.status().as_u16());
+        return Err(resp);
+    }
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    forward::to_upstream(&mut req, peer, client, &host, rid, upgrade);
+    let limit = BodyLimit { max: settings.max_body_size, timeout: settings.client_body_timeout };
+    let req = req.map(|b| LimitedBody::new(b, limit));
+    let f = Forwarding { req, accept, client_upgrade, navigation, rid: rid.clone(), started };
+    let metrics_sol = sol.clone();
+    Ok(forward(gw, sol, spec, f).map(move |resp| {
+        metrics_sol.metrics.request(&method, resp.status().as_u16());
+        resp
+    }))
 }
 
 /// Per-client, then per-solution rate: `None` if allowed, else the 429.
@@ -216,34 +261,23 @@ fn refuse(sol: &SolutionRt, r: Refusal, accept: Option<&HeaderValue>, rid: &Head
     r.respond(accept, rid)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    gw: &Arc<Gateway>,
-    sol: &Arc<SolutionRt>,
-    peer: SocketAddr,
-    client: Client,
-    mut req: Request<Incoming>,
-    rid: &HeaderValue,
-    host: HeaderValue,
+/// A request ready to be sent to its solution, with what a refusal of it needs.
+struct Forwarding {
+    req: Request<LimitedBody>,
+    /// The client's `Accept`, for the format of a refusal.
+    accept: Option<HeaderValue>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// A browser navigation: gets the waiting page instead of being held.
+    navigation: bool,
+    rid: HeaderValue,
     started: Instant,
-) -> Response<Body> {
-    let spec = sol.spec.load_full();
-    let settings = &spec.settings;
-    let upgrade = req.version() == Version::HTTP_11 && forward::wants_upgrade(req.headers());
-    let navigation = !upgrade && waiting::is_navigation(&req);
-    // What a refusal needs of the request, kept before the request is sent on.
-    let accept = req.headers().get(header::ACCEPT).cloned();
-    let reply_headers = accept.as_ref();
-    let declared = http_body::Body::size_hint(req.body()).exact();
-    if settings.max_body_size > 0 && declared.is_some_and(|n| n > settings.max_body_size) {
-        let msg = format!("the request body is larger than {} bytes", settings.max_body_size);
-        return refuse(sol, Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", msg), reply_headers, rid);
-    }
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    forward::to_upstream(&mut req, peer, client, &host, rid, upgrade);
-    let limit = BodyLimit { max: settings.max_body_size, timeout: settings.client_body_timeout };
-    let mut req = req.map(|b| LimitedBody::new(b, limit));
+}
 
+async fn forward(gw: Arc<Gateway>, sol: Arc<SolutionRt>, spec: Arc<proto::SolutionSpec>, f: Forwarding) -> Response<Body> {
+    let Forwarding { mut req, accept, client_upgrade, navigation, rid, started } = f;
+    let (sol, rid) = (&sol, &rid);
+    let settings = &spec.settings;
+    let reply_headers = accept.as_ref();
     let deadline = started + settings.hold_timeout;
     let mut held: Option<Activity<'_>> = None;
     let mut changes = None;
@@ -278,7 +312,7 @@ async fn forward(
                             let msg = format!("{} did not accept the connection", sol.name);
                             return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), reply_headers, rid);
                         }
-                        tokio::time::sleep(RETRY_PAUSE).await;
+                        Box::pin(tokio::time::sleep(RETRY_PAUSE)).await;
                         continue;
                     }
                     Err(SendError::Failed(e)) => {
@@ -317,7 +351,8 @@ async fn forward(
             continue;
         }
         let Some(rx) = changes.as_mut() else { continue };
-        match tokio::time::timeout_at(deadline.into(), rx.changed()).await {
+        // Boxed: only held requests wait here; the common path's future stays small.
+        match Box::pin(tokio::time::timeout_at(deadline.into(), rx.changed())).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 let msg = format!("{} was removed from the configuration", sol.name);

@@ -13,16 +13,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
@@ -114,7 +114,8 @@ pub async fn serve<F, Fut>(
     F: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a sender; `recv` returns `None` once all are gone.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     let limiter = Arc::new(ConnectionLimiter::default());
     loop {
         tokio::select! {
@@ -130,17 +131,26 @@ pub async fn serve<F, Fut>(
                 let _ = stream.set_nodelay(true);
                 let opts = policy.options();
                 let conn = Connection { handler: handler.clone(), policy: policy.clone(), limiter: limiter.clone(), opts, tls: tls.clone() };
-                let watcher = graceful.watcher();
-                tokio::spawn(conn.run(stream, peer, watcher));
+                let drain = Drain { stop: shutdown.clone(), _open: open.clone() };
+                tokio::spawn(conn.run(stream, peer, drain));
             }
             _ = stopped(&mut shutdown) => break,
         }
     }
     drop(listener);
+    drop(open);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::debug!("all connections drained"),
+        _ = all_closed.recv() => tracing::debug!("all connections drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period of {grace:?} over; closing the remaining connections"),
     }
+}
+
+/// A connection's part in its listener's drain: it sees the stop signal (and
+/// then finishes the request in progress and closes), and while it lives the
+/// listener waits for it.
+struct Drain {
+    stop: watch::Receiver<bool>,
+    _open: mpsc::Sender<()>,
 }
 
 struct Connection<F> {
@@ -156,11 +166,11 @@ where
     F: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    async fn run(self, mut stream: TcpStream, mut peer: SocketAddr, watcher: hyper_util::server::graceful::Watcher) {
+    async fn run(self, mut stream: TcpStream, mut peer: SocketAddr, mut drain: Drain) {
         let opts = &self.opts;
         let mut prefix = Bytes::new();
         if opts.proxy_protocol {
-            match read_proxy_header(&mut stream, opts.header_timeout).await {
+            match Box::pin(read_proxy_header(&mut stream, opts.header_timeout)).await {
                 Ok((header, rest)) => {
                     if let Some(src) = header.source {
                         peer = src;
@@ -180,43 +190,55 @@ where
             let _ = stream.try_write(TOO_MANY_CONNECTIONS);
             return;
         };
+        let proto = match self.tls {
+            Some(_) => Proto::Sniff, // ALPN decides, after the handshake
+            None => match sniff(&stream, &prefix, opts.keepalive, &mut drain.stop).await {
+                Some(p) => p,
+                None => return, // closed or silent: nothing to answer
+            },
+        };
         let conn = Conn::new(stream);
         let io = ClientIo::new(conn.clone(), prefix);
         match self.tls.clone() {
-            None => self.serve_http(TokioIo::new(io), conn, peer, Arc::new(ConnInfo::default()), watcher).await,
-            Some(acceptor) => match tokio::time::timeout(opts.header_timeout, acceptor.accept(io)).await {
-                Ok(Ok(stream)) => {
-                    let (_, session) = stream.get_ref();
-                    if session.alpn_protocol() == Some(b"h2") {
-                        conn.set_h2();
-                    }
-                    let info = ConnInfo {
-                        tls: true,
-                        sni: session.server_name().map(|s| Arc::from(s.to_ascii_lowercase())),
-                        h2: session.alpn_protocol() == Some(b"h2"),
-                    };
-                    self.serve_http(TokioIo::new(stream), conn, peer, Arc::new(info), watcher).await;
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                    self.policy.handshake_failed(&e);
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    self.policy.handshake_failed(&std::io::Error::from(std::io::ErrorKind::TimedOut));
-                }
-            },
+            None => self.serve_http(TokioIo::new(io), conn, peer, Arc::new(ConnInfo::default()), drain, proto).await,
+            // Boxed: the handshake and the TLS stream are large, and the task
+            // of every plain connection would otherwise be sized for them.
+            Some(acceptor) => Box::pin(self.serve_tls(acceptor, io, conn, peer, drain)).await,
         }
     }
 
-    async fn serve_http<I>(
-        &self,
-        io: TokioIo<I>,
-        conn: Arc<Conn>,
-        peer: SocketAddr,
-        info: Arc<ConnInfo>,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) where
+    async fn serve_tls(&self, acceptor: TlsAcceptor, io: ClientIo, conn: Arc<Conn>, peer: SocketAddr, drain: Drain) {
+        match tokio::time::timeout(self.opts.header_timeout, acceptor.accept(io)).await {
+            Ok(Ok(stream)) => {
+                let (_, session) = stream.get_ref();
+                if session.alpn_protocol() == Some(b"h2") {
+                    conn.set_h2();
+                }
+                let proto = match session.alpn_protocol() {
+                    Some(b"h2") => Proto::H2,
+                    Some(b"http/1.1") => Proto::H1,
+                    _ => Proto::Sniff,
+                };
+                let info = ConnInfo {
+                    tls: true,
+                    sni: session.server_name().map(|s| Arc::from(s.to_ascii_lowercase())),
+                    h2: session.alpn_protocol() == Some(b"h2"),
+                };
+                self.serve_http(TokioIo::new(stream), conn, peer, Arc::new(info), drain, proto).await;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                self.policy.handshake_failed(&e);
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                self.policy.handshake_failed(&std::io::Error::from(std::io::ErrorKind::TimedOut));
+            }
+        }
+    }
+
+    async fn serve_http<I>(&self, io: TokioIo<I>, conn: Arc<Conn>, peer: SocketAddr, info: Arc<ConnInfo>, drain: Drain, proto: Proto)
+    where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let opts = &self.opts;
@@ -230,25 +252,64 @@ where
             if let Some(info) = &info {
                 req.extensions_mut().insert(info.clone());
             }
-            let fut = handler(peer, req);
-            async move { Ok::<_, Infallible>(fut.await.map(|b| Tracked { inner: b, _serving: serving })) }
+            // `map`, not an `async` block: that would store the handler's
+            // future twice (captured, then awaited).
+            handler(peer, req).map(move |resp| Ok::<_, Infallible>(resp.map(|b| Tracked { inner: b, _serving: serving })))
         });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        // hyper answers 431 itself when a request head outgrows its read buffer.
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(opts.max_header_size);
-        if opts.max_headers != proto::settings::DEFAULT_MAX_HEADERS as usize {
-            // A non-default value makes hyper allocate headers on the heap: only when asked.
-            builder.http1().max_headers(opts.max_headers);
+        // The same settings for each way of serving; hyper answers 431 itself
+        // when a request head outgrows its read buffer, and a non-default
+        // header count makes it allocate headers on the heap: only when asked.
+        macro_rules! h1_settings {
+            ($b:expr) => {{
+                $b.timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(opts.max_header_size);
+                if opts.max_headers != proto::settings::DEFAULT_MAX_HEADERS as usize {
+                    $b.max_headers(opts.max_headers);
+                }
+            }};
         }
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(opts.h2_max_streams)
-            .max_header_list_size(u32::try_from(opts.max_header_size).unwrap_or(u32::MAX))
-            .max_pending_accept_reset_streams(Some(20))
-            .max_local_error_reset_streams(Some(256));
-        let served = builder.serve_connection_with_upgrades(io, svc);
-        let mut served = Box::pin(watcher.watch(served.into_owned()));
+        macro_rules! h2_settings {
+            ($b:expr) => {{
+                $b.timer(TokioTimer::new())
+                    .max_concurrent_streams(opts.h2_max_streams)
+                    .max_header_list_size(u32::try_from(opts.max_header_size).unwrap_or(u32::MAX))
+                    .max_pending_accept_reset_streams(Some(20))
+                    .max_local_error_reset_streams(Some(256));
+            }};
+        }
+        match proto {
+            Proto::H1 => {
+                let mut b = hyper::server::conn::http1::Builder::new();
+                h1_settings!(b);
+                let served = Box::pin(b.serve_connection(io, svc).with_upgrades());
+                self.drive(served, |c| c.graceful_shutdown(), &conn, peer, drain).await;
+            }
+            Proto::H2 => {
+                let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                h2_settings!(b);
+                let served = Box::pin(b.serve_connection(io, svc));
+                self.drive(served, |c| c.graceful_shutdown(), &conn, peer, drain).await;
+            }
+            Proto::Sniff => {
+                let mut b = auto::Builder::new(TokioExecutor::new());
+                h1_settings!(b.http1());
+                h2_settings!(b.http2());
+                let served = Box::pin(b.serve_connection_with_upgrades(io, svc));
+                self.drive(served, |c| c.graceful_shutdown(), &conn, peer, drain).await;
+            }
+        }
+    }
+
+    /// Runs a connection while its watchdog looks at it: a request head that
+    /// takes too long gets 408 (HTTP/1) and the connection closed; an idle one
+    /// is closed quietly. When the listener stops, `shutdown` asks hyper to
+    /// finish what is in progress and close.
+    async fn drive<C, E>(&self, mut served: Pin<Box<C>>, shutdown: impl Fn(Pin<&mut C>), conn: &Conn, peer: SocketAddr, mut drain: Drain)
+    where
+        C: Future<Output = Result<(), E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let opts = &self.opts;
+        let mut stopping = false;
         let expiry = loop {
             let check = match conn.expiry(opts.header_timeout, opts.keepalive) {
                 // A request head may start at any moment while we sleep towards the
@@ -259,9 +320,14 @@ where
             tokio::select! {
                 r = served.as_mut() => {
                     if let Err(e) = r {
+                        let e: Box<dyn std::error::Error + Send + Sync> = e.into();
                         self.on_error(peer, &*e);
                     }
                     return;
+                }
+                _ = stopped(&mut drain.stop), if !stopping => {
+                    shutdown(served.as_mut());
+                    stopping = true;
                 }
                 _ = tokio::time::sleep_until(check.into()) => {}
             }
@@ -291,6 +357,53 @@ where
             }
         }
         tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// Which HTTP a connection speaks, when known before hyper reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Proto {
+    H1,
+    H2,
+    /// Not known yet: hyper-util's detection reads the first bytes.
+    Sniff,
+}
+
+/// Tells an HTTP/1 request from the HTTP/2 preface (`PRI * HTTP/2.0`, prior
+/// knowledge) by peeking at the first bytes, so that hyper reads the
+/// connection from its first byte itself. (hyper-util's detection reads up to
+/// 24 bytes and hands them back separately: hyper's read buffer then has to
+/// grow for the rest of the request head, to 16 KiB on every connection.)
+/// `None`: the client closed, sent nothing within `wait`, or the listener stopped.
+async fn sniff(stream: &TcpStream, prefix: &[u8], wait: Duration, stop: &mut watch::Receiver<bool>) -> Option<Proto> {
+    let mut first = [0u8; 3];
+    let n = if prefix.is_empty() {
+        tokio::select! {
+            peeked = tokio::time::timeout(wait, stream.peek(&mut first)) => match peeked {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) | Err(_) => return None,
+            },
+            _ = stopped(stop) => return None,
+        }
+    } else {
+        let n = prefix.len().min(first.len());
+        first[..n].copy_from_slice(&prefix[..n]);
+        n
+    };
+    (n > 0).then(|| proto_of(&first[..n]))
+}
+
+/// The protocol the first bytes of a connection show: the HTTP/2 preface
+/// begins with `PRI`, which no HTTP/1 request method is; fewer bytes that
+/// could still be the preface leave the decision to hyper-util.
+fn proto_of(first: &[u8]) -> Proto {
+    const PREFACE: &[u8] = b"PRI";
+    if first.len() >= PREFACE.len() {
+        if first.starts_with(PREFACE) { Proto::H2 } else { Proto::H1 }
+    } else if PREFACE.starts_with(first) {
+        Proto::Sniff
+    } else {
+        Proto::H1
     }
 }
 
@@ -352,5 +465,22 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Proto, proto_of};
+
+    #[test]
+    fn the_first_bytes_tell_http1_from_the_http2_preface() {
+        assert_eq!(proto_of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Proto::H2);
+        assert_eq!(proto_of(b"PRI"), Proto::H2);
+        for h1 in [&b"GET / HTTP/1.1\r\n"[..], b"POST", b"PUT", b"PATCH", b"G", b"Q", b"PO"] {
+            assert_eq!(proto_of(h1), Proto::H1, "{:?}", String::from_utf8_lossy(h1));
+        }
+        // Too few bytes to know: hyper-util's own detection reads on.
+        assert_eq!(proto_of(b"P"), Proto::Sniff);
+        assert_eq!(proto_of(b"PR"), Proto::Sniff);
     }
 }

@@ -101,7 +101,10 @@ pub async fn send(ep: &Endpoint, mut req: Request<ReqBody>, connect_timeout: Dur
     for _ in 0..SEND_ATTEMPTS {
         let mut conn = match pooled(ep).await {
             Some(c) => c,
-            None => match connect(ep.addr, connect_timeout).await {
+            // Boxed: a new connection is the rare path, and its future
+            // (connect, timeout, handshake) would otherwise make every
+            // request's future several KiB larger.
+            None => match Box::pin(connect(ep.addr, connect_timeout)).await {
                 Ok(c) => c,
                 Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
             },

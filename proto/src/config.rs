@@ -23,13 +23,19 @@ pub struct Config {
     pub solutions: Vec<SolutionSpec>,
 }
 
+/// The folder a config file is in. `--config wakegate.toml` has an empty
+/// parent, which is the current folder: an empty working directory would make
+/// every solution start fail with ENOENT.
+fn folder_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 impl Config {
     /// Reads and validates a file. Relative `cwd`s are against its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![ConfigError::new("", format!("cannot read {}: {e}", path.display()))]))?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Config::parse(&text, &base)
+        Config::parse(&text, folder_of(path))
     }
 
     /// Parses and validates TOML text.
@@ -263,6 +269,13 @@ idle-timeout = "2s"
 name = "ext"
 upstream = "http://127.0.0.1:9000"
 "#;
+
+    #[test]
+    fn a_bare_file_name_is_in_the_current_folder() {
+        assert_eq!(folder_of(Path::new("wakegate.toml")), Path::new("."));
+        assert_eq!(folder_of(Path::new("examples/wakegate.toml")), Path::new("examples"));
+        assert_eq!(folder_of(Path::new("/etc/wakegate.toml")), Path::new("/etc"));
+    }
 
     #[test]
     fn parses_a_good_file() {

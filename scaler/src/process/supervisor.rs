@@ -135,7 +135,7 @@ impl Supervisor {
                 self.publish(next);
             }
             Err(e) => {
-                tracing::warn!(solution = self.name(), "cannot start {:?}: {e}", p.argv);
+                tracing::warn!(solution = self.name(), "cannot start {:?} in {}: {e}", p.argv, p.cwd.display());
                 self.fail(next, format!("cannot start the command: {e}"), WakeOutcome::Failed, Duration::ZERO);
             }
         }
