@@ -7,9 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// mimalloc: per-thread free lists make the many small, short-lived
-/// allocations of a proxy (header maps, bodies, futures) cheaper than glibc's
-/// malloc; measured in docs/benchmarks.md.
+/// mimalloc, when built with `--features mimalloc` (see gateway/Cargo.toml
+/// for why the system malloc is the default).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
