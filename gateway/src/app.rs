@@ -24,16 +24,8 @@ use crate::{admin, proxy, reload, server};
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Which listener.
-        what: &'static str,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] server::BindError),
     /// The certificate source could not start.
     #[error("TLS: {0}")]
     TlsSource(#[from] tls::source::StartError),
@@ -49,10 +41,6 @@ pub struct Bound {
     pub public: SocketAddr,
     /// Admin listener.
     pub admin: SocketAddr,
-}
-
-async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, what, source })
 }
 
 /// Spawns the public, HTTPS and admin servers (embedded and cluster mode alike).
@@ -104,11 +92,11 @@ pub async fn run(
     stop_now: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
     let config = &loaded.config;
-    let public = bind(config.settings.listen, "listen").await?;
-    let admin_l = bind(config.settings.admin_listen, "admin-listen").await?;
+    let public = server::bind(config.settings.listen, "listen").await?;
+    let admin_l = server::bind(config.settings.admin_listen, "admin-listen").await?;
     let tls_l = match loaded.tls.source {
         TlsSource::Off => None,
-        _ => Some(bind(loaded.tls.listen, "tls-listen").await?),
+        _ => Some(server::bind(loaded.tls.listen, "tls-listen").await?),
     };
     let bound = Bound {
         public: public.local_addr().unwrap_or(config.settings.listen),

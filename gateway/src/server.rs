@@ -34,6 +34,24 @@ use crate::proxy_protocol;
 /// does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({what}): {source}")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Which listener (the setting or flag that names it).
+    pub what: &'static str,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds the listener that the setting or flag `what` names.
+pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError { addr, what, source })
+}
+
 /// How connections are served; read from the live settings at each accept.
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -92,13 +92,7 @@ fn parse_label_term(term: &str) -> Result<LabelReq, ApiError> {
     if let Some(key) = term.strip_prefix('!') {
         return Ok(LabelReq::NotExists(checked_key(key.trim()).ok_or_else(|| bad("invalid key"))?));
     }
-    let (key, value, equal) = if let Some((k, v)) = term.split_once("!=") {
-        (k, v, false)
-    } else if let Some((k, v)) = term.split_once("==") {
-        (k, v, true)
-    } else if let Some((k, v)) = term.split_once('=') {
-        (k, v, true)
-    } else {
+    let Some((key, value, equal)) = split_comparison(term) else {
         return Ok(LabelReq::Exists(checked_key(term).ok_or_else(|| bad("invalid key"))?));
     };
     let key = checked_key(key.trim()).ok_or_else(|| bad("invalid key"))?;
@@ -109,14 +103,19 @@ fn parse_label_term(term: &str) -> Result<LabelReq, ApiError> {
     Ok(if equal { LabelReq::Eq(key, value.to_string()) } else { LabelReq::NotEq(key, value.to_string()) })
 }
 
-fn parse_field_term(term: &str) -> Result<FieldReq, ApiError> {
-    let (path, value, equal) = if let Some((k, v)) = term.split_once("!=") {
-        (k, v, false)
+/// `a!=b`, `a==b` or `a=b` as (left, right, whether equal), else `None`.
+fn split_comparison(term: &str) -> Option<(&str, &str, bool)> {
+    if let Some((k, v)) = term.split_once("!=") {
+        Some((k, v, false))
     } else if let Some((k, v)) = term.split_once("==") {
-        (k, v, true)
-    } else if let Some((k, v)) = term.split_once('=') {
-        (k, v, true)
+        Some((k, v, true))
     } else {
+        term.split_once('=').map(|(k, v)| (k, v, true))
+    }
+}
+
+fn parse_field_term(term: &str) -> Result<FieldReq, ApiError> {
+    let Some((path, value, equal)) = split_comparison(term) else {
         return Err(ApiError::BadRequest(format!("invalid field selector {term:?}: expected `field=value`")));
     };
     let path: Vec<String> = path.trim().split('.').map(str::to_string).collect();

@@ -10,6 +10,6 @@ pub mod process;
 pub mod reaper;
 pub mod state;
 
-pub use orchestrator::{Cmd, IdleCheck, Observer, Orchestrator, SolutionHandle, StopReason, WakeOutcome};
+pub use orchestrator::{Cmd, IdleCheck, Observer, Orchestrator, SolutionHandle, StopReason, WakeOutcome, shutdown_all};
 pub use process::ProcessOrchestrator;
 pub use state::{Failure, SolutionState, StateCell};

@@ -29,6 +29,26 @@ pub enum Cmd {
     Shutdown(StopReason, tokio::sync::oneshot::Sender<()>),
 }
 
+/// Tells every solution task to stop for good; the future resolves when all
+/// have acknowledged (or are gone). The commands are sent before it is polled.
+pub fn shutdown_all<'a>(
+    tasks: impl IntoIterator<Item = &'a mpsc::UnboundedSender<Cmd>>,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+    let acks: Vec<_> = tasks
+        .into_iter()
+        .map(|tx| {
+            let (ack, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(Cmd::Shutdown(StopReason::Shutdown, ack));
+            rx
+        })
+        .collect();
+    Box::pin(async move {
+        for ack in acks {
+            let _ = ack.await;
+        }
+    })
+}
+
 /// Why a solution went to zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StopReason {

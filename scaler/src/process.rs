@@ -71,21 +71,6 @@ impl Orchestrator for ProcessOrchestrator {
     }
 
     fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        let acks: Vec<oneshot::Receiver<()>> = {
-            let commands = self.commands.lock().unwrap_or_else(|p| p.into_inner());
-            commands
-                .values()
-                .map(|tx| {
-                    let (ack, rx) = oneshot::channel();
-                    let _ = tx.send(Cmd::Shutdown(StopReason::Shutdown, ack));
-                    rx
-                })
-                .collect()
-        };
-        Box::pin(async move {
-            for ack in acks {
-                let _ = ack.await;
-            }
-        })
+        crate::orchestrator::shutdown_all(self.commands.lock().unwrap_or_else(|p| p.into_inner()).values())
     }
 }

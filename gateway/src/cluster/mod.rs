@@ -110,16 +110,8 @@ fn default_identity() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Which listener.
-        what: &'static str,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::server::BindError),
     /// No Kubernetes configuration was found (in-cluster or `KUBECONFIG`).
     #[error("Kubernetes configuration: {0}")]
     KubeConfig(#[source] kube::config::InferConfigError),
@@ -151,9 +143,7 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses of `args`.
     pub async fn bind(args: &Args) -> Result<Self, Error> {
-        let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, what, source })
-        };
+        use crate::server::bind;
         Ok(Self {
             public: bind(args.listen, "listen").await?,
             admin: bind(args.admin_listen, "admin-listen").await?,

@@ -74,21 +74,6 @@ impl Orchestrator for ClusterOrchestrator {
 
     /// Stops following the solutions; they keep running (the scaler decides).
     fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        let acks: Vec<oneshot::Receiver<()>> = {
-            let solutions = self.solutions.lock().unwrap_or_else(|p| p.into_inner());
-            solutions
-                .values()
-                .map(|(_, tx)| {
-                    let (ack, rx) = oneshot::channel();
-                    let _ = tx.send(Cmd::Shutdown(StopReason::Shutdown, ack));
-                    rx
-                })
-                .collect()
-        };
-        Box::pin(async move {
-            for ack in acks {
-                let _ = ack.await;
-            }
-        })
+        scaler::shutdown_all(self.solutions.lock().unwrap_or_else(|p| p.into_inner()).values().map(|(_, tx)| tx))
     }
 }

@@ -7,6 +7,7 @@
 //! change that does not parse (a half-written file, a key for another
 //! certificate) is logged once and the served certificate stays.
 
+use crate::server::stopped;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,14 +126,6 @@ impl CertFiles {
 
 async fn read(path: &Path) -> Result<String, FilesError> {
     tokio::fs::read_to_string(path).await.map_err(|source| FilesError::Read { path: path.to_path_buf(), source })
-}
-
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //! one is not due. The request stands until an order succeeds; a failed one is
 //! retried with the usual backoff, never in a tight loop.
 
+use crate::server::stopped;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -343,14 +344,6 @@ impl Renewer {
             }
         };
         self.ari = Some((window, now + wait));
-    }
-}
-
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
     }
 }
 
