@@ -229,19 +229,16 @@ where
         match tokio::time::timeout(self.opts.header_timeout, acceptor.accept(io)).await {
             Ok(Ok(stream)) => {
                 let (_, session) = stream.get_ref();
-                if session.alpn_protocol() == Some(b"h2") {
-                    conn.set_h2();
-                }
                 let proto = match session.alpn_protocol() {
                     Some(b"h2") => Proto::H2,
                     Some(b"http/1.1") => Proto::H1,
                     _ => Proto::Sniff,
                 };
-                let info = ConnInfo {
-                    tls: true,
-                    sni: session.server_name().map(|s| Arc::from(s.to_ascii_lowercase())),
-                    h2: session.alpn_protocol() == Some(b"h2"),
-                };
+                let h2 = proto == Proto::H2;
+                if h2 {
+                    conn.set_h2();
+                }
+                let info = ConnInfo { tls: true, sni: session.server_name().map(|s| Arc::from(s.to_ascii_lowercase())), h2 };
                 self.serve_http(TokioIo::new(stream), conn, peer, Arc::new(info), drain, proto).await;
             }
             Ok(Err(e)) => {
