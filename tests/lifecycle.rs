@@ -33,6 +33,35 @@ async fn a_cold_start_under_200_concurrent_requests_starts_once_and_answers_all(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_request_reaches_the_solution_with_its_target_and_headers_intact() {
+    // Held requests keep a copy of their head (not the connection's read
+    // buffer): what arrives must be exactly what was sent, rewritten as usual.
+    let wg = Wakegate::start(&one("--startup-delay 1", ""));
+    let long = "v".repeat(3000);
+    let hdrs = [
+        ("x-request-id", "held-7"),
+        ("authorization", "Bearer s3cret"),
+        ("x-many", "one"),
+        ("x-long", long.as_str()),
+        ("accept", "application/json"),
+    ];
+    let r = get(wg.public, "app.localhost", "/headers?q=caf%C3%A9&n=2", &hdrs).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-request-id"), "held-7");
+    let seen: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(seen["_path"], "/headers?q=caf%C3%A9&n=2");
+    assert_eq!(seen["x-request-id"], "held-7");
+    assert_eq!(seen["authorization"], "Bearer s3cret");
+    assert_eq!(seen["x-many"], "one");
+    assert_eq!(seen["x-long"], long.as_str());
+    assert_eq!(seen["accept"], "application/json");
+    assert_eq!(seen["host"], "app.localhost");
+    assert_eq!(seen["x-forwarded-host"], "app.localhost");
+    let m = wg.metrics().await;
+    assert_eq!(metric(&m, "wakegate_wakeups_total{solution=\"app\",outcome=\"ready\"}"), Some(1.0), "it was held: {m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_timeout_answers_503_with_retry_after() {
     let wg = Wakegate::start(&one("--startup-delay 6", "hold-timeout = \"1s\""));
     let t0 = Instant::now();

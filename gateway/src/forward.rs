@@ -73,6 +73,37 @@ fn is_plain_token(b: &[u8]) -> bool {
     b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
 }
 
+/// Copies the request target and header values out of the connection's read
+/// buffer into one allocation of their own size.
+///
+/// hyper's parsed head shares that buffer (8 KiB); while the request is alive
+/// the connection cannot reuse it and allocates another to watch for the
+/// client closing. A held request can wait for seconds, thousands at once:
+/// detached, each keeps a few hundred bytes instead of two buffers.
+pub fn detach_head<B>(req: &mut Request<B>) {
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let size = target.len() + req.headers().values().map(HeaderValue::len).sum::<usize>();
+    let mut buf = bytes::BytesMut::with_capacity(size);
+    buf.extend_from_slice(target.as_bytes());
+    for v in req.headers().values() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let all = buf.freeze();
+    let mut at = target.len();
+    if let Ok(uri) = Uri::from_maybe_shared(all.slice(..at)) {
+        *req.uri_mut() = uri;
+    }
+    for v in req.headers_mut().values_mut() {
+        let end = at + v.len();
+        // The same bytes passed the same check once; an error keeps the original.
+        if let Ok(mut own) = HeaderValue::from_maybe_shared(all.slice(at..end)) {
+            own.set_sensitive(v.is_sensitive());
+            *v = own;
+        }
+        at = end;
+    }
+}
+
 /// Rewrites a client request for the solution: origin-form target, HTTP/1.1,
 /// `Host` kept, `X-Forwarded-*` and `X-Request-Id` set.
 pub fn to_upstream<B>(req: &mut Request<B>, peer: SocketAddr, client: Client, host: &HeaderValue, request_id: &HeaderValue, upgrade: bool) {
@@ -178,5 +209,35 @@ mod tests {
         assert_eq!(req.headers()["x-forwarded-for"], "127.0.0.9");
         assert_eq!(req.headers()["host"], "nlp.localhost");
         assert_eq!(req.headers()["x-request-id"], "id1");
+    }
+
+    #[test]
+    fn a_detached_head_keeps_its_bytes_but_not_the_read_buffer() {
+        // What hyper does: the target and values are slices of one read buffer.
+        let buffer = bytes::Bytes::from_static(b"/a?b=1 nlp.localhost Bearer x 1 2");
+        let shared = |a: usize, b: usize| HeaderValue::from_maybe_shared(buffer.slice(a..b)).unwrap();
+        let mut req = Request::builder().uri(Uri::from_maybe_shared(buffer.slice(0..6)).unwrap()).body(()).unwrap();
+        let h = req.headers_mut();
+        h.insert(header::HOST, shared(7, 20));
+        let mut secret = shared(21, 29);
+        secret.set_sensitive(true);
+        h.insert(header::AUTHORIZATION, secret);
+        h.append("x-twice", shared(30, 31));
+        h.append("x-twice", shared(32, 33));
+        let range = buffer.as_ptr_range();
+        let inside = |p: *const u8| range.contains(&p);
+        assert!(inside(req.uri().path().as_ptr()));
+
+        detach_head(&mut req);
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()["host"], "nlp.localhost");
+        assert_eq!(req.headers()["authorization"], "Bearer x");
+        assert!(req.headers()["authorization"].is_sensitive());
+        let twice: Vec<_> = req.headers().get_all("x-twice").iter().collect();
+        assert_eq!(twice, ["1", "2"]);
+        assert!(!inside(req.uri().path().as_ptr()), "the target still points into the read buffer");
+        for v in req.headers().values() {
+            assert!(!inside(v.as_bytes().as_ptr()), "{v:?} still points into the read buffer");
+        }
     }
 }

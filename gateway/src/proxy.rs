@@ -43,9 +43,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// each store the request again).
 pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send + 'static {
     let started = Instant::now();
-    let rid = request_id::of(req.headers());
+    let mut rid = request_id::of(req.headers());
     let (hsts, routed) = match connection_checks(&gw, &req, &rid) {
-        Ok((is_tls, hsts)) => (hsts.filter(|_| is_tls), route(gw, peer, req, &rid, started)),
+        Ok((is_tls, hsts)) => (hsts.filter(|_| is_tls), route(gw, peer, req, &mut rid, started)),
         Err(resp) => (None, Err(*resp)),
     };
     let routed = match routed {
@@ -134,7 +134,7 @@ fn route(
     gw: Arc<Gateway>,
     peer: SocketAddr,
     mut req: Request<Incoming>,
-    rid: &HeaderValue,
+    rid: &mut HeaderValue,
     started: Instant,
 ) -> Result<impl Future<Output = Response<Body>> + Send + 'static + use<>, Response<Body>> {
     let (max_uri, client) = {
@@ -200,17 +200,24 @@ fn route(
     let settings = &spec.settings;
     let upgrade = req.version() == Version::HTTP_11 && forward::wants_upgrade(req.headers());
     let navigation = !upgrade && waiting::is_navigation(&req);
-    // What a refusal needs of the request, kept before the request is sent on.
-    let accept = req.headers().get(header::ACCEPT).cloned();
     let declared = http_body::Body::size_hint(req.body()).exact();
     if settings.max_body_size > 0 && declared.is_some_and(|n| n > settings.max_body_size) {
         let msg = format!("the request body is larger than {} bytes", settings.max_body_size);
-        let resp = refuse(&sol, Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", msg), accept.as_ref(), rid);
+        let resp = refuse(&sol, Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", msg), req.headers().get(header::ACCEPT), rid);
         sol.metrics.request(&method, resp.status().as_u16());
         return Err(resp);
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     forward::to_upstream(&mut req, peer, client, &host, rid, upgrade);
+    if sol.handle.cell.phase() != Phase::Ready {
+        // Likely held: keep only its own bytes (see `detach_head`).
+        forward::detach_head(&mut req);
+        if let Some(own) = req.headers().get(request_id::HEADER) {
+            *rid = own.clone();
+        }
+    }
+    // What a refusal needs of the request, kept before the request is sent on.
+    let accept = req.headers().get(header::ACCEPT).cloned();
     let limit = BodyLimit { max: settings.max_body_size, timeout: settings.client_body_timeout };
     let req = req.map(|b| LimitedBody::new(b, limit));
     let f = Forwarding { req, accept, client_upgrade, navigation, rid: rid.clone(), started };
