@@ -300,8 +300,19 @@ async fn forward(gw: Arc<Gateway>, sol: Arc<SolutionRt>, spec: Arc<proto::Soluti
             // nothing is in flight, so one of the two sees the other.
             if sol.handle.cell.phase() == Phase::Ready {
                 upstream::begin(&ep);
-                let sending = upstream::send(&ep, req, settings.upstream_connect_timeout);
-                let Ok(sent) = tokio::time::timeout(settings.upstream_response_timeout, sending).await else {
+                let until = tokio::time::Instant::now() + settings.upstream_response_timeout;
+                // Sending (pool, connect, hyper's response future) is most of
+                // this future's size. Boxed, and only once the endpoint has
+                // room: held requests, and requests queued behind
+                // `max-concurrent-requests` after a wake, stay small.
+                let sent = match tokio::time::timeout_at(until, upstream::permit(&ep)).await {
+                    Ok(permit) => {
+                        let sending = upstream::send(&ep, req, settings.upstream_connect_timeout, permit);
+                        Box::pin(tokio::time::timeout_at(until, sending)).await
+                    }
+                    Err(elapsed) => Err(elapsed),
+                };
+                let Ok(sent) = sent else {
                     upstream::abort(&ep);
                     let wait = proto::units::format_duration(settings.upstream_response_timeout);
                     tracing::warn!(solution = %sol.name, endpoint = %ep.addr, "no response within {wait}");

@@ -91,12 +91,23 @@ pub struct Sent {
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-/// Sends `req` to `ep`, on an idle connection or a new one.
-pub async fn send(ep: &Endpoint, mut req: Request<ReqBody>, connect_timeout: Duration) -> Result<Sent, SendError> {
-    let permit = match &ep.permits {
+/// Waits for a share of `ep`'s concurrency (`max-concurrent-requests`);
+/// `None` when it is unlimited.
+pub async fn permit(ep: &Endpoint) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match &ep.permits {
         Some(p) => p.clone().acquire_owned().await.ok(),
         None => None,
-    };
+    }
+}
+
+/// Sends `req` to `ep`, on an idle connection or a new one, holding `permit`
+/// (from [`permit`]) until the response body ends.
+pub async fn send(
+    ep: &Endpoint,
+    mut req: Request<ReqBody>,
+    connect_timeout: Duration,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<Sent, SendError> {
     let mut last_error = String::new();
     for _ in 0..SEND_ATTEMPTS {
         let mut conn = match pooled(ep).await {
