@@ -86,6 +86,25 @@ fn rewrite(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    c.bench_function("rewrite/script request", |b| {
+        b.iter_batched(
+            || {
+                Request::post("/api/embed")
+                    .header("host", "nlp.aim.example.com")
+                    .header("user-agent", "curl/7.88.1")
+                    .header("accept", "*/*")
+                    .header("content-type", "application/json")
+                    .header("content-length", "27")
+                    .body(())
+                    .unwrap_or_default()
+            },
+            |mut req| {
+                wakegate::forward::to_upstream(&mut req, peer, client, &host, &rid, false);
+                req
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
 }
 
 criterion_group!(benches, route, limiter, rewrite);

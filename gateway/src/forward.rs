@@ -11,7 +11,8 @@ use crate::client::Client;
 use crate::request_id;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_COUNT: usize = 8;
+static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -39,6 +40,17 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, including those named in `Connection`.
 /// With `keep_upgrade`, `Upgrade` stays and `Connection: upgrade` is set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names instead of eight hashed removals: most messages
+    // carry none or only `Connection` (which any header naming others needs).
+    let mut present = [false; HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
     if let Some(conn) = headers.get(header::CONNECTION) {
         if conn.as_bytes().contains(&b',') || !is_plain_token(conn.as_bytes()) {
             let named: Vec<HeaderName> = headers
@@ -60,7 +72,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
     }
     let upgrade = if keep_upgrade { headers.remove(header::UPGRADE) } else { None };
-    for h in &HOP_BY_HOP {
+    for (h, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(h);
     }
     if let Some(u) = upgrade {
@@ -181,6 +193,20 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn leaves_end_to_end_headers_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("nlp.localhost"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
+        // Only `Keep-Alive` (no `Connection`) is still found and removed.
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
+        assert!(!h.contains_key("keep-alive"));
     }
 
     #[test]
