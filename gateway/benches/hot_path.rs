@@ -62,42 +62,38 @@ fn limiter(c: &mut Criterion) {
 }
 
 fn rewrite(c: &mut Criterion) {
+    rewrite_case(c, "rewrite/typical browser request", || {
+        Request::get("/api/embed?x=1")
+            .header("host", "nlp.aim.example.com")
+            .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0")
+            .header("accept", "text/html,application/xhtml+xml")
+            .header("accept-language", "en-GB,en;q=0.9")
+            .header("connection", "keep-alive")
+            .header("cookie", "session=abc")
+            .body(())
+            .unwrap_or_default()
+    });
+    rewrite_case(c, "rewrite/script request", || {
+        Request::post("/api/embed")
+            .header("host", "nlp.aim.example.com")
+            .header("user-agent", "curl/7.88.1")
+            .header("accept", "*/*")
+            .header("content-type", "application/json")
+            .header("content-length", "27")
+            .body(())
+            .unwrap_or_default()
+    });
+}
+
+/// Times `to_upstream` on fresh requests from `make`.
+fn rewrite_case(c: &mut Criterion, name: &str, make: impl Fn() -> Request<()>) {
     let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     let client = Client { ip: peer.ip(), forwarded_trusted: false };
     let host = HeaderValue::from_static("nlp.aim.example.com");
     let rid = HeaderValue::from_static("0123456789abcdef");
-    c.bench_function("rewrite/typical browser request", |b| {
+    c.bench_function(name, |b| {
         b.iter_batched(
-            || {
-                Request::get("/api/embed?x=1")
-                    .header("host", "nlp.aim.example.com")
-                    .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0")
-                    .header("accept", "text/html,application/xhtml+xml")
-                    .header("accept-language", "en-GB,en;q=0.9")
-                    .header("connection", "keep-alive")
-                    .header("cookie", "session=abc")
-                    .body(())
-                    .unwrap_or_default()
-            },
-            |mut req| {
-                wakegate::forward::to_upstream(&mut req, peer, client, &host, &rid, false);
-                req
-            },
-            criterion::BatchSize::SmallInput,
-        )
-    });
-    c.bench_function("rewrite/script request", |b| {
-        b.iter_batched(
-            || {
-                Request::post("/api/embed")
-                    .header("host", "nlp.aim.example.com")
-                    .header("user-agent", "curl/7.88.1")
-                    .header("accept", "*/*")
-                    .header("content-type", "application/json")
-                    .header("content-length", "27")
-                    .body(())
-                    .unwrap_or_default()
-            },
+            &make,
             |mut req| {
                 wakegate::forward::to_upstream(&mut req, peer, client, &host, &rid, false);
                 req
