@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The HTTP/2 connection preface, to tell HTTP/2 connections from HTTP/1.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// Shared state of one connection.
 pub struct Conn {
@@ -76,6 +76,8 @@ impl Conn {
         self.last_activity.store(now, Ordering::Relaxed);
         if self.pending.fetch_add(bytes.len() as u64, Ordering::Relaxed) == 0 {
             self.head_started.store(now, Ordering::Relaxed);
+            // The server marks what it knew before hyper started (`set_h2`);
+            // this catches the connections whose first bytes could not tell.
             if bytes.starts_with(H2_PREFACE) {
                 self.h2.store(true, Ordering::Relaxed);
             }
@@ -87,9 +89,9 @@ impl Conn {
         self.pending.store(0, Ordering::Relaxed);
     }
 
-    /// Marks the connection as HTTP/2 (ALPN said so; below TLS the preface
-    /// cannot be seen): the request-head timeout then does not apply, since
-    /// HTTP/2 clients send frames (PING, WINDOW_UPDATE) between requests.
+    /// Marks the connection as HTTP/2 (its preface or ALPN said so): the
+    /// request-head timeout then does not apply, since HTTP/2 clients send
+    /// frames (PING, WINDOW_UPDATE) between requests.
     pub fn set_h2(&self) {
         self.h2.store(true, Ordering::Relaxed);
     }

@@ -235,9 +235,6 @@ where
                     _ => Proto::Sniff,
                 };
                 let h2 = proto == Proto::H2;
-                if h2 {
-                    conn.set_h2();
-                }
                 let info = ConnInfo { tls: true, sni: session.server_name().map(|s| Arc::from(s.to_ascii_lowercase())), h2 };
                 self.serve_http(TokioIo::new(stream), conn, peer, Arc::new(info), drain, proto).await;
             }
@@ -257,6 +254,9 @@ where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let opts = &self.opts;
+        if proto == Proto::H2 {
+            conn.set_h2();
+        }
         let handler = self.handler.clone();
         let svc_conn = conn.clone();
         // Plain connections carry no extension: inserting the first one
@@ -412,10 +412,10 @@ async fn sniff(stream: &TcpStream, prefix: &[u8], wait: Duration, stop: &mut wat
 /// begins with `PRI`, which no HTTP/1 request method is; fewer bytes that
 /// could still be the preface leave the decision to hyper-util.
 fn proto_of(first: &[u8]) -> Proto {
-    const PREFACE: &[u8] = b"PRI";
-    if first.len() >= PREFACE.len() {
-        if first.starts_with(PREFACE) { Proto::H2 } else { Proto::H1 }
-    } else if PREFACE.starts_with(first) {
+    let pri = &crate::conn::H2_PREFACE[..3];
+    if first.len() >= pri.len() {
+        if first.starts_with(pri) { Proto::H2 } else { Proto::H1 }
+    } else if pri.starts_with(first) {
         Proto::Sniff
     } else {
         Proto::H1

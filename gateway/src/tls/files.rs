@@ -7,7 +7,6 @@
 //! change that does not parse (a half-written file, a key for another
 //! certificate) is logged once and the served certificate stays.
 
-use crate::server::stopped;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +14,7 @@ use std::time::Duration;
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
+use crate::server::stopped;
 use crate::tls::certkey::{CertBundle, CertError, CertInfo};
 use crate::tls::metrics::TlsMetrics;
 use crate::tls::resolver::CertResolver;

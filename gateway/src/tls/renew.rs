@@ -17,13 +17,13 @@
 //! one is not due. The request stands until an order succeeds; a failed one is
 //! retried with the usual backoff, never in a tight loop.
 
-use crate::server::stopped;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
 
+use crate::server::stopped;
 use crate::tls::acme::{Acme, AcmeError, Issued};
 use crate::tls::certkey::{CertBundle, CertInfo};
 use crate::tls::metrics::TlsMetrics;
