@@ -20,8 +20,8 @@ use crate::upstream::Pools;
 pub struct TlsView {
     /// Redirect plain HTTP to HTTPS.
     pub ssl_redirect: bool,
-    /// HSTS max-age in seconds, if on.
-    pub hsts: Option<u64>,
+    /// The `Strict-Transport-Security` value, if on (rendered once, not per response).
+    pub hsts: Option<http::HeaderValue>,
     /// The HTTPS port to redirect to.
     pub https_port: u16,
 }
@@ -60,7 +60,7 @@ impl Gateway {
     pub fn apply_loaded(&self, loaded: &crate::config::Loaded) {
         self.tls.store(Arc::new(TlsView {
             ssl_redirect: loaded.ssl_redirect,
-            hsts: loaded.hsts().map(|d| d.as_secs()),
+            hsts: loaded.hsts().and_then(|d| http::HeaderValue::from_str(&format!("max-age={}; includeSubDomains", d.as_secs())).ok()),
             https_port: loaded.tls.listen.port(),
         }));
         self.apply(&loaded.config);

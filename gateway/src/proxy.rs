@@ -45,7 +45,7 @@ pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> imp
     let started = Instant::now();
     let mut rid = request_id::of(req.headers());
     let (hsts, routed) = match connection_checks(&gw, &req, &rid) {
-        Ok((is_tls, hsts)) => (hsts.filter(|_| is_tls), route(gw, peer, req, &mut rid, started)),
+        Ok(hsts) => (hsts, route(gw, peer, req, &mut rid, started)),
         Err(resp) => (None, Err(*resp)),
     };
     let routed = match routed {
@@ -53,9 +53,7 @@ pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> imp
         Err(resp) => Either::Left(ready(resp)),
     };
     routed.map(move |mut resp| {
-        if let Some(age) = hsts
-            && let Ok(v) = HeaderValue::from_str(&format!("max-age={age}; includeSubDomains"))
-        {
+        if let Some(v) = hsts {
             resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
         }
         resp.headers_mut().insert(request_id::HEADER, rid);
@@ -64,9 +62,9 @@ pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> imp
 }
 
 /// HTTPS redirect for plain connections, and the SNI/Host agreement check
-/// (421) for TLS ones. Returns whether the request came over TLS and the
-/// HSTS max-age to send.
-fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Result<(bool, Option<u64>), Box<Response<Body>>> {
+/// (421) for TLS ones. Returns the `Strict-Transport-Security` value to send
+/// (TLS only).
+fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Result<Option<HeaderValue>, Box<Response<Body>>> {
     let info = req.extensions().get::<Arc<ConnInfo>>();
     let is_tls = info.is_some_and(|i| i.tls);
     let view = gw.tls.load();
@@ -102,13 +100,13 @@ fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Re
             let msg = format!("this connection was opened for {sni}, not {name}; open a new one");
             let mut r = Refusal::new(StatusCode::MISDIRECTED_REQUEST, "misdirected", msg).into_response(req.headers(), rid);
             r.headers_mut().insert(request_id::HEADER, rid.clone());
-            if let Some(v) = view.hsts.and_then(|age| HeaderValue::from_str(&format!("max-age={age}; includeSubDomains")).ok()) {
+            if let Some(v) = view.hsts.clone() {
                 r.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
             }
             return Err(Box::new(r));
         }
     }
-    Ok((is_tls, view.hsts))
+    Ok(if is_tls { view.hsts.clone() } else { None })
 }
 
 /// The host the request is for, as sent: the target's authority, else `Host`.
