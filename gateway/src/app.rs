@@ -71,18 +71,6 @@ pub(crate) fn spawn_servers(
     tasks
 }
 
-/// How often refilled rate-limiter entries are dropped.
-const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-
-async fn prune_limiters(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(PRUNE_INTERVAL) => gw.prune_limiters(),
-            _ = server::stopped(&mut shutdown) => return,
-        }
-    }
-}
-
 /// Runs embedded mode with `loaded` (from `path`) until `stop` resolves;
 /// `stop_now` cuts the drain short (a second signal).
 pub async fn run(
@@ -129,7 +117,7 @@ pub async fn run(
 
     let tasks = spawn_servers(&gw, public, admin_l, tls_l, acceptor, &shutdown, grace);
     tokio::spawn(scaler::reaper::run(gw.clone(), shutdown.clone()));
-    tokio::spawn(prune_limiters(gw.clone(), shutdown.clone()));
+    tokio::spawn(gw.clone().tidy_loop(shutdown.clone()));
     tokio::spawn(reload::watch(path, gw.clone(), shutdown.clone()));
 
     let port = bound.public.port();

@@ -9,7 +9,11 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
+use crate::direct::DirectBody;
 use crate::upstream::Done;
+
+/// The error of a response body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body.
 pub enum Body {
@@ -22,6 +26,8 @@ pub enum Body {
         /// Returns the connection to the pool and records the request.
         done: Option<Done>,
     },
+    /// A solution's body read by the gateway's own client (it pools its connection).
+    Direct(DirectBody),
     /// Chunks from a task (server-sent status events).
     Channel(mpsc::Receiver<Bytes>),
 }
@@ -41,9 +47,9 @@ impl Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Body::Upstream { inner, done } => {
@@ -68,8 +74,9 @@ impl http_body::Body for Body {
                     }
                     _ => {}
                 }
-                polled
+                polled.map_err(Into::into)
             }
+            Body::Direct(body) => Pin::new(body).poll_frame(cx),
             Body::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -78,6 +85,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full(d) => d.is_none(),
             Body::Upstream { inner, done } => done.is_none() && inner.is_end_stream(),
+            Body::Direct(body) => body.is_end_stream(),
             Body::Channel(_) => false,
         }
     }
@@ -86,6 +94,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Upstream { inner, .. } => inner.size_hint(),
+            Body::Direct(body) => body.size_hint(),
             Body::Channel(_) => SizeHint::default(),
         }
     }

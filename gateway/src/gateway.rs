@@ -15,6 +15,9 @@ use crate::router::Routes;
 use crate::solution::SolutionRt;
 use crate::upstream::Pools;
 
+/// How often [`Gateway::tidy`] runs.
+const TIDY_INTERVAL: Duration = Duration::from_secs(10);
+
 /// What the request path needs of the TLS settings (live).
 #[derive(Debug, Clone, Default)]
 pub struct TlsView {
@@ -113,8 +116,20 @@ impl Gateway {
         self.settings.load()
     }
 
-    /// Drops refilled rate-limiter entries and reports how many remain.
-    pub fn prune_limiters(&self) {
+    /// Periodic housekeeping until `shutdown`: see [`Gateway::tidy`].
+    pub async fn tidy_loop(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TIDY_INTERVAL) => self.tidy(),
+                _ = crate::server::stopped(&mut shutdown) => return,
+            }
+        }
+    }
+
+    /// Drops refilled rate-limiter entries (and reports how many remain), and
+    /// closes idle upstream connections their solution has closed.
+    pub fn tidy(&self) {
+        self.pools.sweep();
         let mut clients = 0;
         for s in &self.routes.load().list {
             if let Some(l) = &s.limits.load().client {

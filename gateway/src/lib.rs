@@ -10,6 +10,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod direct;
 pub mod forward;
 pub mod gateway;
 pub mod limits;

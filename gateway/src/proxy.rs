@@ -18,7 +18,6 @@ use proto::Phase;
 
 use crate::body::Body;
 use crate::client::{self, Client};
-use crate::forward;
 use crate::gateway::Gateway;
 use crate::limits::body::BodyError;
 use crate::limits::{BodyLimit, LimitedBody, Verdict};
@@ -29,6 +28,7 @@ use crate::server::ConnInfo;
 use crate::solution::{Activity, OwnedActivity, SolutionRt};
 use crate::upstream::{self, Done, SendError, Sent};
 use crate::{catalog, waiting};
+use crate::{direct, forward};
 
 /// Pause before trying again after an endpoint refused a connection (the
 /// orchestrator notices a dead process within this time).
@@ -218,7 +218,8 @@ fn route(
     let accept = req.headers().get(header::ACCEPT).cloned();
     let limit = BodyLimit { max: settings.max_body_size, timeout: settings.client_body_timeout };
     let req = req.map(|b| LimitedBody::new(b, limit));
-    let f = Forwarding { req, accept, client_upgrade, navigation, rid: rid.clone(), started };
+    let direct = direct::eligible(&req, client_upgrade.is_some());
+    let f = Forwarding { req, accept, client_upgrade, navigation, direct, rid: rid.clone(), started };
     let metrics_sol = sol.clone();
     Ok(forward(gw, sol, spec, f).map(move |resp| {
         metrics_sol.metrics.request(&method, resp.status().as_u16());
@@ -274,12 +275,14 @@ struct Forwarding {
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// A browser navigation: gets the waiting page instead of being held.
     navigation: bool,
+    /// No body, no upgrade: sent by the gateway's own client ([`direct`]).
+    direct: bool,
     rid: HeaderValue,
     started: Instant,
 }
 
 async fn forward(gw: Arc<Gateway>, sol: Arc<SolutionRt>, spec: Arc<proto::SolutionSpec>, f: Forwarding) -> Response<Body> {
-    let Forwarding { mut req, accept, client_upgrade, navigation, rid, started } = f;
+    let Forwarding { mut req, accept, client_upgrade, navigation, direct, rid, started } = f;
     let (sol, rid) = (&sol, &rid);
     let settings = &spec.settings;
     let reply_headers = accept.as_ref();
@@ -303,7 +306,36 @@ async fn forward(gw: Arc<Gateway>, sol: Arc<SolutionRt>, spec: Arc<proto::Soluti
                 // this future's size. Boxed, and only once the endpoint has
                 // room: held requests, and requests queued behind
                 // `max-concurrent-requests` after a wake, stay small.
-                let sent = match tokio::time::timeout_at(until, upstream::permit(&ep)).await {
+                let permit = tokio::time::timeout_at(until, upstream::permit(&ep)).await;
+                if direct && let Ok(permit) = permit {
+                    let sending = direct::send(&ep, &req, settings.upstream_connect_timeout);
+                    let answer = match Box::pin(tokio::time::timeout_at(until, sending)).await {
+                        Ok(Ok(answer)) => answer,
+                        Ok(Err(direct::Error::NotSent(why))) => {
+                            upstream::abort(&ep);
+                            drop((activity, permit));
+                            tracing::debug!(solution = %sol.name, endpoint = %ep.addr, "not sent: {why}; retrying");
+                            if Instant::now() + RETRY_PAUSE >= deadline {
+                                let msg = format!("{} did not accept the connection", sol.name);
+                                return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), reply_headers, rid);
+                            }
+                            Box::pin(tokio::time::sleep(RETRY_PAUSE)).await;
+                            continue;
+                        }
+                        Ok(Err(direct::Error::Failed(why))) => {
+                            upstream::abort(&ep);
+                            tracing::warn!(solution = %sol.name, "upstream failed: {why}");
+                            let msg = format!("{} closed the connection without a complete answer", sol.name);
+                            return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_error", msg), reply_headers, rid);
+                        }
+                        Err(_) => {
+                            upstream::abort(&ep);
+                            return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
+                        }
+                    };
+                    return respond_direct(ep, answer, permit, activity, rid, started);
+                }
+                let sent = match permit {
                     Ok(permit) => {
                         let sending = upstream::send(&ep, req, settings.upstream_connect_timeout, permit);
                         Box::pin(tokio::time::timeout_at(until, sending)).await
@@ -312,10 +344,7 @@ async fn forward(gw: Arc<Gateway>, sol: Arc<SolutionRt>, spec: Arc<proto::Soluti
                 };
                 let Ok(sent) = sent else {
                     upstream::abort(&ep);
-                    let wait = proto::units::format_duration(settings.upstream_response_timeout);
-                    tracing::warn!(solution = %sol.name, endpoint = %ep.addr, "no response within {wait}");
-                    let msg = format!("{} did not answer within {wait}", sol.name);
-                    return refuse(sol, Refusal::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", msg), reply_headers, rid);
+                    return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
                 };
                 match sent {
                     Ok(sent) => return respond(ep, sent, activity, client_upgrade, rid, started),
@@ -383,6 +412,19 @@ async fn forward(gw: Arc<Gateway>, sol: Arc<SolutionRt>, spec: Arc<proto::Soluti
     }
 }
 
+fn upstream_timeout(
+    sol: &SolutionRt,
+    ep: &upstream::Endpoint,
+    wait: Duration,
+    accept: Option<&HeaderValue>,
+    rid: &HeaderValue,
+) -> Response<Body> {
+    let wait = proto::units::format_duration(wait);
+    tracing::warn!(solution = %sol.name, endpoint = %ep.addr, "no response within {wait}");
+    let msg = format!("{} did not answer within {wait}", sol.name);
+    refuse(sol, Refusal::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", msg), accept, rid)
+}
+
 /// The refusal for a failed send: the client's body broke a limit, or the solution failed.
 fn classify(sol: &SolutionRt, e: &hyper::Error) -> Refusal {
     match BodyError::find(e) {
@@ -446,6 +488,23 @@ fn respond(
     let (parts, inner) = response.into_parts();
     let done = Done::new(ep, (Some(conn), permit), activity, started);
     Response::from_parts(parts, Body::Upstream { inner, done: Some(done) })
+}
+
+/// The response read by the gateway's own client, on its way to the client.
+fn respond_direct(
+    ep: Arc<upstream::Endpoint>,
+    answer: direct::Answer,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    activity: OwnedActivity,
+    rid: &HeaderValue,
+    started: Instant,
+) -> Response<Body> {
+    let direct::Answer { mut head, body } = answer;
+    *head.version_mut() = Version::HTTP_11;
+    forward::to_client(head.headers_mut(), rid, false);
+    let done = Done::new(ep, (None, permit), activity, started);
+    let (parts, ()) = head.into_parts();
+    Response::from_parts(parts, Body::Direct(body.with_done(done)))
 }
 
 /// Copies bytes both ways between an upgraded client and solution connection,

@@ -17,6 +17,7 @@ use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::direct;
 use crate::solution::OwnedActivity;
 
 /// Idle connections kept per endpoint; more are closed when returned.
@@ -36,6 +37,8 @@ pub struct Endpoint {
     permits: Option<Arc<tokio::sync::Semaphore>>,
     in_flight: AtomicUsize,
     idle: ArrayQueue<Sender>,
+    /// Idle connections of the gateway's own client (requests without a body).
+    pub(crate) direct_idle: ArrayQueue<direct::Conn>,
 }
 
 impl Endpoint {
@@ -62,9 +65,31 @@ impl Pools {
         self.map
             .entry(addr)
             .or_insert_with(|| {
-                Arc::new(Endpoint { addr, permits, in_flight: AtomicUsize::new(0), idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT) })
+                Arc::new(Endpoint {
+                    addr,
+                    permits,
+                    in_flight: AtomicUsize::new(0),
+                    idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
+                    direct_idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
+                })
             })
             .clone()
+    }
+
+    /// Closes idle connections of the gateway's own client that their
+    /// solution has closed (a stopped solution leaves them half-closed).
+    pub fn sweep(&self) {
+        for ep in self.map.iter() {
+            for _ in 0..ep.direct_idle.len() {
+                match ep.direct_idle.pop() {
+                    Some(c) if c.is_open() => {
+                        let _ = ep.direct_idle.push(c);
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        }
     }
 
     /// Drops endpoints nobody routes to any more (and their idle connections).
@@ -190,6 +215,18 @@ impl Done {
         if clean && let Some(c) = self.conn.take() {
             let _ = self.ep.idle.push(c);
         }
+    }
+
+    /// A body read by the gateway's own client ended cleanly: `conn` goes
+    /// back to the pool.
+    pub fn pool(self, conn: direct::Conn) {
+        let _ = self.ep.direct_idle.push(conn);
+    }
+
+    /// A `Done` for unit tests of a body's end (no solution, no activity).
+    #[cfg(test)]
+    pub fn for_test(ep: Arc<Endpoint>) -> Self {
+        Self { ep, conn: None, _permit: None, activity: None, started: Instant::now() }
     }
 
     /// Hands the activity over (to an upgraded stream), leaving the rest.

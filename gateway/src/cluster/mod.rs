@@ -41,12 +41,9 @@ use self::wake::Waker;
 use crate::config::Loaded;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::server;
 use crate::tls::CertResolver;
 use crate::tls::settings::TlsSource;
 
-/// How often refilled rate-limiter entries are dropped.
-const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the start-up wait says what it waits for.
 const WAITING_LOG: Duration = Duration::from_secs(10);
 /// Longest wait at shutdown for the ACME Lease to be released.
@@ -219,7 +216,7 @@ pub async fn run_with(
         logged,
     };
     tokio::spawn(live.run(shutdown.clone()));
-    tokio::spawn(prune_limiters(gw.clone(), shutdown.clone()));
+    tokio::spawn(gw.clone().tidy_loop(shutdown.clone()));
 
     match bound.tls {
         Some(t) => tracing::info!(public = %bound.public, admin = %bound.admin, tls = %t, "listening"),
@@ -311,15 +308,6 @@ async fn initial(
                     tracing::warn!(namespace = %args.solutions_namespace, "waiting for the list of Services and Ingresses");
                 }
             }
-        }
-    }
-}
-
-async fn prune_limiters(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(PRUNE_INTERVAL) => gw.prune_limiters(),
-            _ = server::stopped(&mut shutdown) => return,
         }
     }
 }

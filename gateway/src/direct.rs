@@ -1,0 +1,694 @@
+//! The gateway's own HTTP/1.1 client, for requests without a body (most of
+//! them: page loads, assets, GET APIs).
+//!
+//! hyper's client drives each upstream connection in a task of its own: the
+//! request goes to it over a channel, the response head comes back over
+//! another, and every body chunk over a third, each a wake-up of one task by
+//! another. Here the request's own task writes the head, reads the answer and
+//! streams the body straight from the socket (Pingora's design), and the
+//! connection goes back to the endpoint's pool when the body is complete.
+//! Requests with a body, and upgrades, still take hyper's client.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::upstream::{Done, Endpoint};
+
+/// Largest response head accepted from a solution.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head (and in a trailer section).
+const MAX_HEADERS: usize = 128;
+/// First read size; doubled while reads fill it (large bodies), up to [`MAX_READ`].
+const FIRST_READ: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// A pooled connection keeps its read buffer only up to this size.
+const KEEP_BUFFER: usize = 16 * 1024;
+/// New connections tried for one request before giving up on an endpoint.
+const SEND_ATTEMPTS: usize = 3;
+
+/// One HTTP/1.1 connection to a solution endpoint.
+pub struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    out: Vec<u8>,
+    next_read: usize,
+}
+
+impl Conn {
+    fn new(io: TcpStream) -> Self {
+        Self { io, buf: BytesMut::new(), out: Vec::new(), next_read: FIRST_READ }
+    }
+
+    /// Reads more of the response into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(self.next_read);
+        }
+        loop {
+            ready!(self.io.poll_read_ready(cx))?;
+            let spare = self.buf.capacity() - self.buf.len();
+            match self.io.try_read_buf(&mut self.buf) {
+                Ok(n) => {
+                    if n == spare && n > 0 {
+                        self.next_read = (self.next_read * 2).min(MAX_READ);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Whether the solution has not closed the connection: no end of stream
+    /// (or stray bytes) waiting to be read.
+    pub fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Readies the connection for the pool: an unread rest means the solution
+    /// sent more than it framed, and a grown buffer is not kept idle.
+    fn into_idle(mut self) -> Option<Self> {
+        if !self.buf.is_empty() {
+            return None;
+        }
+        if self.buf.capacity() > KEEP_BUFFER {
+            self.buf = BytesMut::new();
+            self.next_read = FIRST_READ;
+        }
+        Some(self)
+    }
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum Error {
+    /// The request did not reach the solution (it can be sent elsewhere or later).
+    NotSent(String),
+    /// The solution may have seen the request; it is not repeated.
+    Failed(String),
+}
+
+/// A solution's answer: its head, and the body still on the connection.
+pub struct Answer {
+    /// Status and headers (the body follows in [`DirectBody`]).
+    pub head: Response<()>,
+    /// The body, read from the connection as the client takes it.
+    pub body: DirectBody,
+}
+
+/// Whether the request can take this client: no body, no upgrade.
+pub fn eligible<B: http_body::Body>(req: &Request<B>, upgrade: bool) -> bool {
+    !upgrade && req.body().is_end_stream()
+}
+
+/// Sends the bodyless request `req` to `ep` and reads the response head.
+/// A pooled connection the solution closed meanwhile is retried on another
+/// (for methods that are safe to repeat, RFC 9110 §9.2.2, as nginx does; the
+/// others are sent only on a connection seen open). Every pooled connection
+/// may be tried (a restarted solution leaves them all closed), and up to
+/// [`SEND_ATTEMPTS`] new ones.
+pub async fn send<B>(ep: &Endpoint, req: &Request<B>, connect_timeout: Duration) -> Result<Answer, Error> {
+    let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE);
+    let head_only = req.method() == Method::HEAD;
+    let mut last = String::new();
+    let mut fresh = 0;
+    loop {
+        let (mut conn, reused) = match ep.direct_idle.pop() {
+            Some(c) => (c, true),
+            None if fresh < SEND_ATTEMPTS => {
+                fresh += 1;
+                (Box::pin(connect(ep, connect_timeout)).await?, false)
+            }
+            None => return Err(Error::NotSent(last)),
+        };
+        if reused && !idempotent && !conn.is_open() {
+            continue;
+        }
+        encode(&mut conn.out, req);
+        if let Err(e) = conn.io.write_all(&conn.out).await {
+            // A request the solution could not take whole was not acted on.
+            last = format!("writing to {}: {e}", ep.addr);
+            continue;
+        }
+        match read_head(&mut conn, head_only).await {
+            Ok((head, framing)) => return Ok(Answer { head, body: DirectBody { conn: Some(conn), framing, done: None } }),
+            Err(HeadError::Closed) if reused && idempotent => {
+                // The solution closed an idle connection as the request went out.
+                last = format!("{} closed a pooled connection", ep.addr);
+            }
+            Err(HeadError::Closed) => return Err(Error::Failed(format!("{} closed the connection without answering", ep.addr))),
+            Err(HeadError::Bad(why)) => return Err(Error::Failed(format!("{}: {why}", ep.addr))),
+        }
+    }
+}
+
+async fn connect(ep: &Endpoint, timeout: Duration) -> Result<Conn, Error> {
+    let addr = ep.addr;
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(Error::NotSent(format!("connect to {addr}: {e}"))),
+        Err(_) => return Err(Error::NotSent(format!("connect to {addr}: timed out after {timeout:?}"))),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(Conn::new(stream))
+}
+
+/// Writes the request head (origin-form target, HTTP/1.1) into `out`.
+fn encode<B>(out: &mut Vec<u8>, req: &Request<B>) {
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // Methods that usually carry a body say it is empty: some servers answer
+    // 411 to a POST without a length.
+    if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) && !req.headers().contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+enum HeadError {
+    /// The connection ended before any byte of a response.
+    Closed,
+    /// Anything else: a broken or oversized head, a failed read.
+    Bad(String),
+}
+
+/// Reads the final response head (1xx informational heads are skipped) and
+/// tells how its body is framed.
+async fn read_head(conn: &mut Conn, head_only: bool) -> Result<(Response<()>, Framing), HeadError> {
+    let mut seen_any = false;
+    loop {
+        if !conn.buf.is_empty() {
+            seen_any = true;
+            if let Some(head) = parse_head(&mut conn.buf).map_err(HeadError::Bad)? {
+                if head.status().is_informational() {
+                    if head.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(HeadError::Bad("switched protocols without being asked to".into()));
+                    }
+                    continue;
+                }
+                let framing = framing(&head, head_only).map_err(HeadError::Bad)?;
+                return Ok((head, framing));
+            }
+            if conn.buf.len() >= MAX_HEAD {
+                return Err(HeadError::Bad(format!("response head larger than {MAX_HEAD} bytes")));
+            }
+        }
+        match conn.fill().await {
+            Ok(0) if !seen_any => return Err(HeadError::Closed),
+            Ok(0) => return Err(HeadError::Bad("connection closed in the response head".into())),
+            Ok(_) => {}
+            Err(e) if !seen_any && matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => {
+                return Err(HeadError::Closed);
+            }
+            Err(e) => return Err(HeadError::Bad(format!("reading the response: {e}"))),
+        }
+    }
+}
+
+/// Parses a complete response head at the start of `buf` and takes it off;
+/// `None` while it is incomplete. Header values share the head's bytes.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, String> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("invalid response head: {e}")),
+    };
+    let code = parsed.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    // Where each name and value lies in the head, to slice it once frozen.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        *span = (at(h.name.as_bytes()), h.name.len() as u32, at(h.value), h.value.len() as u32);
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(n, nl, v, vl) in &spans[..count] {
+        let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+        let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| "invalid header name".to_string())?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl)).map_err(|_| format!("invalid value of {name}"))?;
+        headers.append(name, value);
+    }
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    Ok(Some(resp))
+}
+
+/// How a response body ends (RFC 9112 §6.3), and whether the connection can
+/// carry another request after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    kind: Kind,
+    reusable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Bytes left of a `Content-Length` body.
+    Length(u64),
+    /// Chunked: where in the chunk grammar the reader is.
+    Chunked(Chunk),
+    /// Until the solution closes the connection.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+fn framing(head: &Response<()>, head_only: bool) -> Result<Framing, String> {
+    let h = head.headers();
+    let tokens = |name: header::HeaderName| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect::<Vec<_>>()
+    };
+    let connection = if h.contains_key(header::CONNECTION) { tokens(header::CONNECTION) } else { Vec::new() };
+    let mut reusable = if head.version() == Version::HTTP_10 {
+        connection.iter().any(|t| t == "keep-alive")
+    } else {
+        !connection.iter().any(|t| t == "close")
+    };
+    let status = head.status();
+    if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing { kind: Kind::Length(0), reusable });
+    }
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        let codings = tokens(header::TRANSFER_ENCODING);
+        // A length next to a transfer coding may be a smuggling attempt: the
+        // coding wins, and the connection is not used again (RFC 9112 §6.1).
+        if h.contains_key(header::CONTENT_LENGTH) {
+            reusable = false;
+        }
+        return Ok(if codings.last().is_some_and(|c| c == "chunked") {
+            Framing { kind: Kind::Chunked(Chunk::Size), reusable }
+        } else {
+            Framing { kind: Kind::Close, reusable: false }
+        });
+    }
+    let mut length = None;
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        for part in v.to_str().map_err(|_| "invalid content-length".to_string())?.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("invalid content-length {part:?}"));
+            }
+            let n: u64 = part.parse().map_err(|_| format!("invalid content-length {part:?}"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting content-length values".into());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => Framing { kind: Kind::Length(n), reusable },
+        None => Framing { kind: Kind::Close, reusable: false },
+    })
+}
+
+/// A solution's response body, read from its connection as the client takes it.
+pub struct DirectBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    done: Option<Done>,
+}
+
+impl DirectBody {
+    /// Attaches what runs when the body ends: the connection is pooled by it.
+    pub fn with_done(mut self, done: Done) -> Self {
+        self.done = Some(done);
+        if self.framing.kind == Kind::Length(0) {
+            self.finish();
+        }
+        self
+    }
+
+    /// The body is complete: the connection goes back to the pool if it may.
+    fn finish(&mut self) {
+        let conn = self.conn.take();
+        if let Some(done) = self.done.take() {
+            match conn.and_then(Conn::into_idle) {
+                Some(c) if self.framing.reusable => done.pool(c),
+                _ => done.finish(false),
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
+        self.conn = None;
+        if let Some(done) = self.done.take() {
+            done.finish(false);
+        }
+        Poll::Ready(Some(Err(why.into())))
+    }
+}
+
+impl http_body::Body for DirectBody {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+            let buf = &mut conn.buf;
+            match this.framing.kind {
+                Kind::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Kind::Length(left) if !buf.is_empty() => {
+                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let data = buf.split_to(n).freeze();
+                    this.framing.kind = Kind::Length(left - n as u64);
+                    if left == n as u64 {
+                        // A body of known length may never be polled past its
+                        // last frame: pool the connection now.
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Kind::Close if !buf.is_empty() => {
+                    let data = buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Kind::Chunked(state) if !buf.is_empty() => match chunk_step(buf, state) {
+                    Ok(Step::Data(data, next)) => {
+                        this.framing.kind = Kind::Chunked(next);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(Step::Next(next)) => {
+                        this.framing.kind = Kind::Chunked(next);
+                        continue;
+                    }
+                    Ok(Step::End(trailers)) => {
+                        this.framing.kind = Kind::Length(0);
+                        this.finish();
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Ok(Step::More) if buf.len() >= MAX_HEAD => return this.fail("chunk header or trailers too large".into()),
+                    Ok(Step::More) => {}
+                    Err(why) => return this.fail(why),
+                },
+                _ => {}
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if this.framing.kind == Kind::Close => {
+                    this.framing.reusable = false;
+                    this.framing.kind = Kind::Length(0);
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail("the solution closed the connection mid-body".into()),
+                Ok(_) => {}
+                Err(e) => return this.fail(format!("reading the response body: {e}")),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.framing.kind == Kind::Length(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing.kind {
+            Kind::Length(n) => SizeHint::with_exact(n),
+            _ if self.conn.is_none() => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+enum Step {
+    /// Body bytes, and the state after them.
+    Data(Bytes, Chunk),
+    /// Grammar consumed without data (a size line, a chunk's CRLF).
+    Next(Chunk),
+    /// The last chunk and the trailer section: the body is complete.
+    End(Option<HeaderMap>),
+    /// More bytes are needed.
+    More,
+}
+
+/// One step of the chunked decoder over the non-empty `buf`.
+fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, String> {
+    match state {
+        Chunk::Size => match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete((n, 0))) => {
+                let _ = buf.split_to(n);
+                Ok(Step::Next(Chunk::Trailers))
+            }
+            Ok(httparse::Status::Complete((n, size))) => {
+                let _ = buf.split_to(n);
+                Ok(Step::Next(Chunk::Data(size)))
+            }
+            Ok(httparse::Status::Partial) => Ok(Step::More),
+            Err(_) => Err("invalid chunk size".into()),
+        },
+        Chunk::Data(left) => {
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let data = buf.split_to(n).freeze();
+            let next = if left == n as u64 { Chunk::DataEnd } else { Chunk::Data(left - n as u64) };
+            Ok(Step::Data(data, next))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Step::More);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err("chunk not followed by CRLF".into());
+            }
+            let _ = buf.split_to(2);
+            Ok(Step::Next(Chunk::Size))
+        }
+        Chunk::Trailers => {
+            if buf.starts_with(b"\r\n") {
+                let _ = buf.split_to(2);
+                return Ok(Step::End(None));
+            }
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match httparse::parse_headers(buf, &mut fields) {
+                Ok(httparse::Status::Complete((n, fields))) => {
+                    let mut trailers = HeaderMap::with_capacity(fields.len());
+                    for f in fields.iter() {
+                        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value)) {
+                            trailers.append(name, value);
+                        }
+                    }
+                    let _ = buf.split_to(n);
+                    Ok(Step::End(Some(trailers)))
+                }
+                Ok(httparse::Status::Partial) => Ok(Step::More),
+                Err(_) => Err("invalid trailer section".into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::upstream::Pools;
+
+    /// A solution that answers each request on a connection with the next of
+    /// `answers` (raw bytes), and reports the request heads it read.
+    async fn solution(answers: Vec<Vec<&'static [u8]>>) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for conn_answers in answers {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    for answer in conn_answers {
+                        let mut buf = [0u8; 4096];
+                        loop {
+                            let n = s.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            seen.extend_from_slice(&buf[..n]);
+                            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head: Vec<u8> = seen.drain(..end + 4).collect();
+                                let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                                break;
+                            }
+                        }
+                        s.write_all(answer).await.unwrap();
+                    }
+                    // Leave the connection open a moment, as a keep-alive server would.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    fn get(path: &str) -> Request<http_body_util::Empty<Bytes>> {
+        let mut r = Request::builder().uri(path).body(http_body_util::Empty::new()).unwrap();
+        r.headers_mut().insert(header::HOST, HeaderValue::from_static("nlp.localhost"));
+        r
+    }
+
+    async fn exchange(ep: &Arc<Endpoint>, req: &Request<http_body_util::Empty<Bytes>>) -> (Response<()>, Bytes, Option<HeaderMap>) {
+        let answer = send(ep, req, Duration::from_secs(1)).await.unwrap();
+        crate::upstream::begin(ep);
+        let body = answer.body.with_done(Done::for_test(ep.clone()));
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        (answer.head, collected.to_bytes(), trailers)
+    }
+
+    #[tokio::test]
+    async fn reads_each_framing_and_reuses_the_connection() {
+        let (addr, mut heads) = solution(vec![vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end",
+        ]])
+        .await;
+        let pools = Pools::default();
+        let ep = pools.endpoint(addr, 0);
+
+        let (head, body, _) = exchange(&ep, &get("/a?b=1")).await;
+        assert_eq!(head.status(), 200);
+        assert_eq!(head.headers()["x-a"], "1");
+        assert_eq!(body, "hello");
+        let sent = heads.recv().await.unwrap();
+        assert!(sent.starts_with("GET /a?b=1 HTTP/1.1\r\nhost: nlp.localhost\r\n"), "{sent}");
+        assert_eq!(ep.direct_idle.len(), 1, "the connection is pooled after the body");
+
+        let (head, body, trailers) = exchange(&ep, &get("/chunked")).await;
+        assert_eq!(head.status(), 200, "the 100 is skipped");
+        assert_eq!(body, "abcde");
+        assert_eq!(trailers.unwrap()["x-sum"], "5");
+
+        let (head, body, _) = exchange(&ep, &get("/empty")).await;
+        assert_eq!(head.status(), 204);
+        assert!(body.is_empty());
+
+        let (_, body, _) = exchange(&ep, &get("/close")).await;
+        assert_eq!(body, "until the end");
+        assert_eq!(ep.direct_idle.len(), 0, "a connection the solution closes is not pooled");
+        for _ in 0..3 {
+            heads.recv().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_closed_by_the_solution_is_retried_on_a_new_one() {
+        // The first connection answers once, then closes; the retry opens the second.
+        let (addr, _heads) =
+            solution(vec![vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"], vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb"]])
+                .await;
+        let pools = Pools::default();
+        let ep = pools.endpoint(addr, 0);
+        assert_eq!(exchange(&ep, &get("/")).await.1, "a");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(exchange(&ep, &get("/")).await.1, "b");
+    }
+
+    #[tokio::test]
+    async fn connections_a_stopped_solution_closed_are_swept_from_the_pool() {
+        let (addr, _heads) = solution(vec![vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"]]).await;
+        let pools = Pools::default();
+        let ep = pools.endpoint(addr, 0);
+        assert_eq!(exchange(&ep, &get("/")).await.1, "a");
+        pools.sweep();
+        assert_eq!(ep.direct_idle.len(), 1, "an open connection stays");
+        // The solution closes its side 200 ms after answering.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        pools.sweep();
+        assert_eq!(ep.direct_idle.len(), 0, "a closed connection is dropped");
+    }
+
+    #[tokio::test]
+    async fn a_broken_answer_is_an_error_not_a_response() {
+        let (addr, _heads) = solution(vec![
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab"],
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"],
+            vec![b"NOT HTTP\r\n\r\n"],
+        ])
+        .await;
+        let pools = Pools::default();
+        let ep = pools.endpoint(addr, 0);
+        assert!(matches!(send(&ep, &get("/"), Duration::from_secs(1)).await, Err(Error::Failed(_))));
+        let answer = send(&ep, &get("/"), Duration::from_secs(1)).await.unwrap();
+        crate::upstream::begin(&ep);
+        assert!(answer.body.with_done(Done::for_test(ep.clone())).collect().await.is_err(), "a cut body is an error");
+        assert!(matches!(send(&ep, &get("/"), Duration::from_secs(1)).await, Err(Error::Failed(_))));
+        assert_eq!(ep.direct_idle.len(), 0);
+    }
+
+    #[test]
+    fn a_head_request_or_304_has_no_body_and_te_beats_length() {
+        let resp = |raw: &'static [u8]| parse_head(&mut BytesMut::from(raw)).unwrap().unwrap();
+        let r = resp(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n");
+        assert_eq!(framing(&r, true).unwrap().kind, Kind::Length(0));
+        assert_eq!(framing(&r, false).unwrap().kind, Kind::Length(10));
+        let r = resp(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n");
+        assert_eq!(framing(&r, false).unwrap().kind, Kind::Length(0));
+        let r = resp(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\ntransfer-encoding: chunked\r\n\r\n");
+        let f = framing(&r, false).unwrap();
+        assert_eq!(f, Framing { kind: Kind::Chunked(Chunk::Size), reusable: false });
+        let r = resp(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n");
+        assert!(!framing(&r, false).unwrap().reusable, "HTTP/1.0 without keep-alive closes");
+    }
+
+    #[test]
+    fn the_request_head_is_origin_form_http11_with_a_length_for_empty_posts() {
+        let mut out = Vec::new();
+        let mut req = Request::builder().method(Method::POST).uri("/embed").body(()).unwrap();
+        req.headers_mut().insert(header::HOST, HeaderValue::from_static("nlp.localhost"));
+        encode(&mut out, &req);
+        assert_eq!(out, b"POST /embed HTTP/1.1\r\nhost: nlp.localhost\r\ncontent-length: 0\r\n\r\n");
+    }
+}
