@@ -62,7 +62,7 @@ pub(crate) fn spawn_servers(
         tasks.push(tokio::spawn(server::serve(l, handler, policy, acceptor, shutdown.clone(), grace)));
     }
     let g = gw.clone();
-    let admin_handler = move |_peer, req: http::Request<hyper::body::Incoming>| {
+    let admin_handler = move |_peer, req: http::Request<crate::limits::body::RequestBody>| {
         let r = admin::handle(&g, &req);
         async move { r }
     };

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod direct;
 pub mod forward;
 pub mod gateway;
+pub mod h1;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;

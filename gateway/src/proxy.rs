@@ -12,7 +12,6 @@ use futures_util::FutureExt;
 use futures_util::future::{Either, ready};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use proto::Phase;
 
@@ -20,6 +19,7 @@ use crate::body::Body;
 use crate::client::{self, Client};
 use crate::gateway::Gateway;
 use crate::limits::body::BodyError;
+use crate::limits::body::RequestBody;
 use crate::limits::{BodyLimit, LimitedBody, Verdict};
 use crate::refusal::Refusal;
 use crate::request_id;
@@ -41,7 +41,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// Its size matters: hyper keeps one per connection and moves it for every
 /// request, and every held request keeps one alive (nested `async fn`s would
 /// each store the request again).
-pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send + 'static {
+pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> impl Future<Output = Response<Body>> + Send + 'static {
     let started = Instant::now();
     let mut rid = request_id::of(req.headers());
     let (hsts, routed) = match connection_checks(&gw, &req, &rid) {
@@ -131,7 +131,7 @@ fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {
 fn route(
     gw: Arc<Gateway>,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     rid: &mut HeaderValue,
     started: Instant,
 ) -> Result<impl Future<Output = Response<Body>> + Send + 'static + use<>, Response<Body>> {

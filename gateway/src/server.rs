@@ -27,7 +27,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
 use crate::conn::{ClientIo, Conn, Expiry, Serving};
+use crate::h1;
 use crate::limits::ConnectionLimiter;
+use crate::limits::body::RequestBody;
 use crate::proxy_protocol;
 
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop
@@ -129,7 +131,7 @@ pub async fn serve<F, Fut>(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) where
-    F: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(SocketAddr, Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     // Every connection holds a sender; `recv` returns `None` once all are gone.
@@ -181,7 +183,7 @@ struct Connection<F> {
 
 impl<F, Fut> Connection<F>
 where
-    F: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(SocketAddr, Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     async fn run(self, mut stream: TcpStream, mut peer: SocketAddr, mut drain: Drain) {
@@ -218,7 +220,7 @@ where
         let conn = Conn::new(stream);
         let io = ClientIo::new(conn.clone(), prefix);
         match self.tls.clone() {
-            None => self.serve_http(TokioIo::new(io), conn, peer, Arc::new(ConnInfo::default()), drain, proto).await,
+            None => self.serve_http(io, conn, peer, Arc::new(ConnInfo::default()), drain, proto).await,
             // Boxed: the handshake and the TLS stream are large, and the task
             // of every plain connection would otherwise be sized for them.
             Some(acceptor) => Box::pin(self.serve_tls(acceptor, io, conn, peer, drain)).await,
@@ -236,7 +238,7 @@ where
                 };
                 let h2 = proto == Proto::H2;
                 let info = ConnInfo { tls: true, sni: session.server_name().map(|s| Arc::from(s.to_ascii_lowercase())), h2 };
-                self.serve_http(TokioIo::new(stream), conn, peer, Arc::new(info), drain, proto).await;
+                self.serve_http(stream, conn, peer, Arc::new(info), drain, proto).await;
             }
             Ok(Err(e)) => {
                 tracing::debug!(%peer, "TLS handshake failed: {e}");
@@ -249,7 +251,7 @@ where
         }
     }
 
-    async fn serve_http<I>(&self, io: TokioIo<I>, conn: Arc<Conn>, peer: SocketAddr, info: Arc<ConnInfo>, drain: Drain, proto: Proto)
+    async fn serve_http<I>(&self, io: I, conn: Arc<Conn>, peer: SocketAddr, info: Arc<ConnInfo>, drain: Drain, proto: Proto)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -262,9 +264,11 @@ where
         // Plain connections carry no extension: inserting the first one
         // allocates a map per request, which the common path need not pay.
         let info = info.tls.then_some(info);
-        let svc = service_fn(move |mut req: Request<Incoming>| {
+        let svc_info = info.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
             let serving = svc_conn.serving();
-            if let Some(info) = &info {
+            let mut req = req.map(RequestBody::Hyper);
+            if let Some(info) = &svc_info {
                 req.extensions_mut().insert(info.clone());
             }
             // `map`, not an `async` block: that would store the handler's
@@ -292,24 +296,37 @@ where
             }};
         }
         match proto {
-            Proto::H1 => {
-                let mut b = hyper::server::conn::http1::Builder::new();
-                h1_settings!(b);
-                let served = Box::pin(b.serve_connection(io, svc).with_upgrades());
-                self.drive(served, |c| c.graceful_shutdown(), &conn, peer, drain).await;
-            }
             Proto::H2 => {
                 let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                 h2_settings!(b);
-                let served = Box::pin(b.serve_connection(io, svc));
+                let served = Box::pin(b.serve_connection(TokioIo::new(io), svc));
                 self.drive(served, |c| c.graceful_shutdown(), &conn, peer, drain).await;
             }
-            Proto::Sniff => {
+            // HTTP/1 (or not known yet): the gateway's own loop serves
+            // requests without a body; hyper takes over at the first other
+            // one (or at the HTTP/2 preface), with the bytes read so far.
+            Proto::H1 | Proto::Sniff => {
+                let mut stop = drain.stop.clone();
+                let handler = self.handler.clone();
+                let (own_conn, max_headers, max_header_size) = (conn.clone(), opts.max_headers, opts.max_header_size);
                 let mut b = auto::Builder::new(TokioExecutor::new());
                 h1_settings!(b.http1());
                 h2_settings!(b.http2());
-                let served = Box::pin(b.serve_connection_with_upgrades(io, svc));
-                self.drive(served, |c| c.graceful_shutdown(), &conn, peer, drain).await;
+                let served = Box::pin(async move {
+                    let own = h1::Service { handler: &handler, peer, info, conn: &own_conn, max_headers, max_header_size };
+                    let (io, read) = match h1::serve(io, own, stop.clone()).await? {
+                        Some(handoff) => handoff,
+                        None => return Ok(()),
+                    };
+                    let hyper_conn = b.serve_connection_with_upgrades(TokioIo::new(h1::Rewind::new(io, read)), svc);
+                    tokio::pin!(hyper_conn);
+                    tokio::select! {
+                        r = hyper_conn.as_mut() => return r,
+                        _ = stopped(&mut stop) => hyper_conn.as_mut().graceful_shutdown(),
+                    }
+                    hyper_conn.await
+                });
+                self.drive(served, |_| {}, &conn, peer, drain).await;
             }
         }
     }
@@ -453,8 +470,8 @@ async fn read_proxy_header(stream: &mut TcpStream, timeout: Duration) -> Result<
 /// A response body that keeps its request counted as "being served" until
 /// the last byte is out (so the watchdog never closes a streaming response).
 pub struct Tracked {
-    inner: Body,
-    _serving: Serving,
+    pub(crate) inner: Body,
+    pub(crate) _serving: Serving,
 }
 
 impl http_body::Body for Tracked {

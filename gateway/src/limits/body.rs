@@ -49,9 +49,45 @@ impl BodyError {
     }
 }
 
+/// A client's request body as the server hands it over: read by hyper, or
+/// none (requests the gateway's own HTTP/1.1 server read, [`crate::h1`]).
+#[derive(Debug)]
+pub enum RequestBody {
+    /// Read by hyper.
+    Hyper(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// A client's request body with its limits applied.
 pub struct LimitedBody {
-    inner: Incoming,
+    inner: RequestBody,
     seen: u64,
     limit: BodyLimit,
     stall: Option<Pin<Box<Sleep>>>,
@@ -59,7 +95,7 @@ pub struct LimitedBody {
 
 impl LimitedBody {
     /// Wraps `inner`.
-    pub fn new(inner: Incoming, limit: BodyLimit) -> Self {
+    pub fn new(inner: RequestBody, limit: BodyLimit) -> Self {
         Self { inner, seen: 0, limit, stall: None }
     }
 }

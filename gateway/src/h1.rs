@@ -1,0 +1,551 @@
+//! The gateway's own HTTP/1.1 server loop, for requests without a body (most
+//! of them). Everything else (a body, an upgrade, `Expect`, CONNECT, HTTP/2
+//! prior knowledge, anything it does not parse) is handed to hyper with the
+//! bytes read so far, for the rest of the connection.
+//!
+//! Why: hyper keeps an 8 KiB read and an 8 KiB write buffer per connection
+//! for as long as a request is in service, and a held request can wait for
+//! seconds, thousands at once. This loop keeps nothing of the read buffer
+//! while the handler works (the head's bytes go with the request), and
+//! allocates its write buffer only to answer. It is also less work per
+//! request: one parse into the header map, the answer's head and first body
+//! bytes in one write.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+
+use crate::body::Body;
+use crate::conn::Conn;
+use crate::limits::body::RequestBody;
+use crate::server::{ConnInfo, Tracked, stopped};
+
+/// Most header fields parsed here; a request with more goes to hyper (which
+/// applies `max-headers`).
+const MAX_FIELDS: usize = 128;
+/// Read size for a request head.
+const HEAD_READ: usize = 8 * 1024;
+/// Body bytes copied next to the response head (one write); larger frames
+/// are written from where they are.
+const COPY_MAX: usize = 16 * 1024;
+
+/// Where a header's name and value lie in a message head: offsets and lengths.
+pub(crate) type Span = (u32, u32, u32, u32);
+
+/// The spans of `fields`, parsed from `buf`.
+pub(crate) fn spans(buf: &[u8], fields: &[httparse::Header<'_>], out: &mut [Span]) {
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+    for (span, h) in out.iter_mut().zip(fields) {
+        *span = (at(h.name.as_bytes()), h.name.len() as u32, at(h.value), h.value.len() as u32);
+    }
+}
+
+/// The header map of a head whose fields lie at `spans`; values share its bytes.
+pub(crate) fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &(n, nl, v, vl) in spans {
+        let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+        let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| "invalid header name".to_string())?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl)).map_err(|_| format!("invalid value of {name}"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// What the connection needs to know about a request to answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    /// The client may send another request after this one.
+    keep_alive: bool,
+    /// A HEAD request: the answer has no body.
+    head: bool,
+    /// An HTTP/1.0 client: no chunked encoding.
+    http10: bool,
+}
+
+#[derive(Debug)]
+enum Parsed {
+    Request(Request<RequestBody>, Meta),
+    /// The head is not complete yet.
+    Partial,
+    /// Not for this loop: hyper takes the connection.
+    Handoff,
+}
+
+/// Parses the request head at the start of `buf`, taking it off when it is
+/// served here.
+fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Handoff,
+    };
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else { return Parsed::Handoff };
+    if req.headers.len() > max_headers {
+        return Parsed::Handoff;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Handoff };
+    if method == Method::CONNECT {
+        return Parsed::Handoff;
+    }
+    let http10 = version == 0;
+    let mut keep_alive = !http10;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if is("content-length") {
+            if h.value != b"0" {
+                return Parsed::Handoff;
+            }
+        } else if is("transfer-encoding") || is("upgrade") || is("expect") || is("http2-settings") {
+            return Parsed::Handoff;
+        } else if is("connection") {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if http10 && token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        }
+    }
+    let base = buf.as_ptr() as usize;
+    let target = (path.as_ptr() as usize - base, path.len());
+    let mut field_spans = [(0, 0, 0, 0); MAX_FIELDS];
+    let count = req.headers.len();
+    spans(buf, req.headers, &mut field_spans);
+    let head = buf.split_to(len).freeze();
+    let built = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+        .ok()
+        .and_then(|uri| header_map(&head, &field_spans[..count]).ok().map(|h| (uri, h)));
+    let Some((uri, headers)) = built else {
+        // Put the head back for hyper, which answers it properly.
+        let mut all = BytesMut::with_capacity(head.len() + buf.len());
+        all.extend_from_slice(&head);
+        all.extend_from_slice(buf);
+        *buf = all;
+        return Parsed::Handoff;
+    };
+    let mut request = Request::new(RequestBody::Empty);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
+    *request.headers_mut() = headers;
+    let head_only = request.method() == Method::HEAD;
+    Parsed::Request(request, Meta { keep_alive, head: head_only, http10 })
+}
+
+/// What serves one connection: the handler, and what it needs around it.
+pub struct Service<'a, F> {
+    /// The request handler.
+    pub handler: &'a F,
+    /// The client.
+    pub peer: SocketAddr,
+    /// Set on requests of TLS connections.
+    pub info: Option<Arc<ConnInfo>>,
+    /// The connection's watchdog state.
+    pub conn: &'a Arc<Conn>,
+    /// `max-headers`.
+    pub max_headers: usize,
+    /// `max-header-size`: a pipelined request beyond it is not read ahead.
+    pub max_header_size: usize,
+}
+
+/// Serves requests on `io` until the client closes, the listener stops
+/// (`stop`), or a request is not for this loop: then `io` and the bytes read
+/// of it so far are returned, for hyper.
+pub async fn serve<I, F, Fut>(mut io: I, svc: Service<'_, F>, mut stop: watch::Receiver<bool>) -> io::Result<Option<(I, Bytes)>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(SocketAddr, Request<RequestBody>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    loop {
+        let (mut req, meta) = loop {
+            if !buf.is_empty() {
+                match parse(&mut buf, svc.max_headers) {
+                    Parsed::Request(req, meta) => break (req, meta),
+                    Parsed::Handoff => return Ok(Some((io, buf.freeze()))),
+                    Parsed::Partial if buf.len() >= svc.max_header_size => return Ok(Some((io, buf.freeze()))),
+                    Parsed::Partial => {}
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(HEAD_READ);
+            }
+            let n = if buf.is_empty() {
+                // Between requests a stopping listener closes the connection.
+                tokio::select! {
+                    n = io.read_buf(&mut buf) => n?,
+                    _ = stopped(&mut stop) => return Ok(None),
+                }
+            } else {
+                io.read_buf(&mut buf).await?
+            };
+            if n == 0 {
+                return Ok(None);
+            }
+        };
+        if let Some(info) = &svc.info {
+            req.extensions_mut().insert(info.clone());
+        }
+        let serving = svc.conn.serving();
+        // The head's bytes went with the request; an empty buffer is not
+        // kept while the handler works (a held request can wait long).
+        if buf.is_empty() {
+            buf = BytesMut::new();
+        }
+        let answer = (svc.handler)(svc.peer, req);
+        tokio::pin!(answer);
+        let mut probe = [0u8; 64];
+        let mut watching = true;
+        let resp = loop {
+            tokio::select! {
+                biased;
+                resp = &mut answer => break resp,
+                // A client that closes while its request waits takes the
+                // request with it (a held request leaves the queue).
+                read = io.read(&mut probe), if watching => match read {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(n) => {
+                        buf.extend_from_slice(&probe[..n]);
+                        watching = buf.len() < svc.max_header_size;
+                    }
+                },
+            }
+        };
+        let closing = *stop.borrow();
+        let resp = resp.map(|b| Tracked { inner: b, _serving: serving });
+        let keep = write_response(&mut io, &mut out, resp, meta, closing).await?;
+        if out.capacity() > COPY_MAX * 2 {
+            out = Vec::new();
+        }
+        if !keep {
+            let _ = io.shutdown().await;
+            return Ok(None);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+/// Writes `resp`; returns whether the connection can carry another request.
+async fn write_response<I>(io: &mut I, out: &mut Vec<u8>, resp: Response<Tracked>, meta: Meta, closing: bool) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let headers = &parts.headers;
+    let close_asked = headers.get_all(header::CONNECTION).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let mut keep = meta.keep_alive && !closing && !close_asked;
+    let bodyless = meta.head || status.is_informational() || status.as_u16() == 204 || status.as_u16() == 304;
+    out.clear();
+    out.extend_from_slice(if meta.http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let declared = headers.get(header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()));
+    let mut framing = if bodyless {
+        Framing::None
+    } else {
+        match declared {
+            Some(Some(n)) => Framing::Length(n),
+            Some(None) => Framing::Close,
+            None => match body.size_hint().exact() {
+                Some(n) => {
+                    out.extend_from_slice(b"content-length: ");
+                    out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+                    out.extend_from_slice(b"\r\n");
+                    Framing::Length(n)
+                }
+                None if meta.http10 => Framing::Close,
+                None => {
+                    out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                    Framing::Chunked
+                }
+            },
+        }
+    };
+    if framing == Framing::Close {
+        keep = false;
+    }
+    for (name, value) in headers {
+        if name == header::CONNECTION || (name == header::TRANSFER_ENCODING && framing == Framing::Chunked) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        date::with(|d| out.extend_from_slice(d));
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep && !meta.http10 {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if keep && meta.http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if framing == Framing::None {
+        io.write_all(out).await?;
+        io.flush().await?;
+        return Ok(keep);
+    }
+    let mut trailers = None;
+    loop {
+        // Frames ready now join what is waiting to be written; the rest is
+        // written before waiting for more (a live stream is never held back).
+        let next = match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).now_or_never() {
+            Some(next) => next,
+            None => {
+                if !out.is_empty() {
+                    io.write_all(out).await?;
+                    io.flush().await?;
+                    out.clear();
+                }
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            }
+        };
+        let frame = match next {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                // What was announced cannot be completed: the client sees the
+                // connection close early, as with hyper.
+                tracing::debug!("response body failed: {e}");
+                if !out.is_empty() {
+                    let _ = io.write_all(out).await;
+                }
+                return Ok(false);
+            }
+        };
+        let data = match frame.into_data() {
+            Ok(d) => d,
+            Err(frame) => {
+                trailers = frame.into_trailers().ok();
+                continue;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let data = match &mut framing {
+            Framing::Length(left) => {
+                if data.len() as u64 > *left {
+                    keep = false;
+                    data.slice(..usize::try_from(*left).unwrap_or(0))
+                } else {
+                    data
+                }
+            }
+            _ => data,
+        };
+        if let Framing::Length(left) = &mut framing {
+            *left -= data.len() as u64;
+        }
+        if framing == Framing::Chunked {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if data.len() <= COPY_MAX {
+            out.extend_from_slice(&data);
+        } else {
+            io.write_all(out).await?;
+            out.clear();
+            io.write_all(&data).await?;
+        }
+        if framing == Framing::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    match framing {
+        Framing::Chunked => {
+            out.extend_from_slice(b"0\r\n");
+            for (name, value) in trailers.iter().flatten() {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        // A body shorter than announced: the client must not wait for the rest.
+        Framing::Length(left) if left > 0 => keep = false,
+        _ => {}
+    }
+    if !out.is_empty() {
+        io.write_all(out).await?;
+        out.clear();
+    }
+    io.flush().await?;
+    Ok(keep)
+}
+
+/// `n` in decimal, in `buf`.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// The `Date` header value, formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+
+    pub fn with(f: impl FnOnce(&[u8])) {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != secs || c.1.is_empty() {
+                *c = (secs, httpdate::fmt_http_date(now));
+            }
+            f(c.1.as_bytes());
+        });
+    }
+}
+
+/// `io` with bytes already read from it put back in front.
+pub struct Rewind<I> {
+    prefix: Bytes,
+    inner: I,
+}
+
+impl<I> Rewind<I> {
+    /// Reads return `prefix` first, then `inner`'s bytes.
+    pub fn new(inner: I, prefix: Bytes) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(raw: &'static [u8]) -> Parsed {
+        parse(&mut BytesMut::from(raw), 100)
+    }
+
+    #[test]
+    fn a_bodyless_request_is_parsed_with_its_connection_semantics() {
+        let mut buf = BytesMut::from(&b"GET /a?b=1 HTTP/1.1\r\nHost: nlp.localhost\r\nX-Two: 1\r\nx-two: 2\r\n\r\nGET / HTTP/1.0\r\n"[..]);
+        let Parsed::Request(req, meta) = parse(&mut buf, 100) else { panic!("not parsed") };
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()["host"], "nlp.localhost");
+        assert_eq!(req.headers().get_all("x-two").iter().count(), 2);
+        assert_eq!(meta, Meta { keep_alive: true, head: false, http10: false });
+        assert_eq!(&buf[..], b"GET / HTTP/1.0\r\n", "the pipelined rest stays");
+        assert!(matches!(parse(&mut buf, 100), Parsed::Partial));
+
+        let Parsed::Request(_, meta) = parsed(b"HEAD / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n") else { panic!() };
+        assert_eq!(meta, Meta { keep_alive: true, head: true, http10: true });
+        let Parsed::Request(_, meta) = parsed(b"GET / HTTP/1.0\r\n\r\n") else { panic!() };
+        assert!(!meta.keep_alive);
+        let Parsed::Request(_, meta) = parsed(b"GET / HTTP/1.1\r\nconnection: foo, close\r\n\r\n") else { panic!() };
+        assert!(!meta.keep_alive);
+        assert!(matches!(parsed(b"DELETE /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), Parsed::Request(..)));
+    }
+
+    #[test]
+    fn bodies_upgrades_and_the_unparsable_go_to_hyper_with_every_byte() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 0\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+            b"GET / HTTP/1.1\r\nx: \x01\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(raw);
+            assert!(matches!(parse(&mut buf, 100), Parsed::Handoff), "{:?}", String::from_utf8_lossy(raw));
+            assert_eq!(&buf[..], raw, "bytes lost on handoff");
+        }
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..5 {
+            many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(matches!(parse(&mut BytesMut::from(&many[..]), 4), Parsed::Handoff), "more than max-headers");
+    }
+
+    #[test]
+    fn numbers_print_in_decimal() {
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(1_048_576, &mut [0; 20]), b"1048576");
+        assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
+    }
+}
