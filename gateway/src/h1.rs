@@ -212,23 +212,27 @@ where
         if buf.is_empty() {
             buf = BytesMut::new();
         }
-        let answer = (svc.handler)(svc.peer, req);
-        tokio::pin!(answer);
-        let mut probe = [0u8; 64];
-        let mut watching = true;
-        let resp = loop {
-            tokio::select! {
-                biased;
-                resp = &mut answer => break resp,
-                // A client that closes while its request waits takes the
-                // request with it (a held request leaves the queue).
-                read = io.read(&mut probe), if watching => match read {
-                    Ok(0) | Err(_) => return Ok(None),
-                    Ok(n) => {
-                        buf.extend_from_slice(&probe[..n]);
-                        watching = buf.len() < svc.max_header_size;
-                    }
-                },
+        // In a block of its own: the handler's future is gone before the
+        // answer is written, and the two share this future's storage.
+        let resp = {
+            let answer = (svc.handler)(svc.peer, req);
+            tokio::pin!(answer);
+            let mut probe = [0u8; 64];
+            let mut watching = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    resp = &mut answer => break resp,
+                    // A client that closes while its request waits takes the
+                    // request with it (a held request leaves the queue).
+                    read = io.read(&mut probe), if watching => match read {
+                        Ok(0) | Err(_) => return Ok(None),
+                        Ok(n) => {
+                            buf.extend_from_slice(&probe[..n]);
+                            watching = buf.len() < svc.max_header_size;
+                        }
+                    },
+                }
             }
         };
         let closing = *stop.borrow();

@@ -308,18 +308,27 @@ where
             Proto::H1 | Proto::Sniff => {
                 let mut stop = drain.stop.clone();
                 let handler = self.handler.clone();
-                let (own_conn, max_headers, max_header_size) = (conn.clone(), opts.max_headers, opts.max_header_size);
-                let mut b = auto::Builder::new(TokioExecutor::new());
-                h1_settings!(b.http1());
-                h2_settings!(b.http2());
+                let (own_conn, opts) = (conn.clone(), opts.clone());
                 let served = Box::pin(async move {
-                    let own = h1::Service { handler: &handler, peer, info, conn: &own_conn, max_headers, max_header_size };
+                    let own = h1::Service {
+                        handler: &handler,
+                        peer,
+                        info,
+                        conn: &own_conn,
+                        max_headers: opts.max_headers,
+                        max_header_size: opts.max_header_size,
+                    };
                     let (io, read) = match h1::serve(io, own, stop.clone()).await? {
                         Some(handoff) => handoff,
                         None => return Ok(()),
                     };
-                    let hyper_conn = b.serve_connection_with_upgrades(TokioIo::new(h1::Rewind::new(io, read)), svc);
-                    tokio::pin!(hyper_conn);
+                    // Built and boxed only when hyper takes over: held in
+                    // this future, its connection would make every
+                    // connection's state several KiB larger.
+                    let mut b = auto::Builder::new(TokioExecutor::new());
+                    h1_settings!(b.http1());
+                    h2_settings!(b.http2());
+                    let mut hyper_conn = Box::pin(b.serve_connection_with_upgrades(TokioIo::new(h1::Rewind::new(io, read)), svc));
                     tokio::select! {
                         r = hyper_conn.as_mut() => return r,
                         _ = stopped(&mut stop) => hyper_conn.as_mut().graceful_shutdown(),
