@@ -477,3 +477,49 @@ async fn http2_continuation_flood_is_closed_with_bounded_memory() {
     still_serves(&wg, "a CONTINUATION flood").await;
     assert!(settles(&wg).await);
 }
+
+/// The gateway serves requests without a body itself and hands a connection
+/// to hyper at its first other request: one connection carrying pipelined
+/// GETs, a POST with a body and a GET after it gets every answer, in order,
+/// each exactly once at the solution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_mixing_bodyless_and_body_requests_gets_every_answer_in_order() {
+    let wg = Wakegate::start(&config(""));
+    still_serves(&wg, "start").await;
+    let mut bytes = get_request("app.localhost", "/hello?n=1", &[]);
+    bytes.extend(get_request("app.localhost", "/headers", &[("x-mark", "two")]));
+    bytes.extend(b"POST /echo HTTP/1.1\r\nhost: app.localhost\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello");
+    bytes.extend(get_request("app.localhost", "/hello?n=5", &[("connection", "close")]));
+    let ex = exchange(wg.public, &bytes).await;
+    assert_eq!(ex.statuses(), [200, 200, 200, 200], "{ex:?}; log:\n{}", wg.log());
+    let r = &ex.responses;
+    assert_eq!(r[0].body, "hello from app\n");
+    assert_eq!(r[1].json()["x-mark"], "two", "the second pipelined request arrived whole");
+    assert_eq!(r[2].body, "hello", "the POST after bodyless requests was handed over with its body");
+    assert_eq!(r[3].body, "hello from app\n");
+    assert_eq!(r[3].header("connection"), "close");
+    assert!(ex.end.closed(), "closed after `connection: close`: {ex:?}");
+    let ids: std::collections::HashSet<_> = r.iter().map(|r| r.header("x-request-id").to_string()).collect();
+    assert_eq!(ids.len(), 4, "every answer has its own request id: {r:?}");
+    let paths: Vec<String> = records(wg.dir.path()).iter().map(|r| r["path"].as_str().unwrap_or("").to_string()).collect();
+    for p in ["/hello?n=1", "/headers", "/echo", "/hello?n=5"] {
+        assert_eq!(paths.iter().filter(|x| *x == p).count(), 1, "{p} reached the solution once: {paths:?}");
+    }
+
+    // HTTP/1.0: closed after the answer unless kept alive; kept alive when asked.
+    let ex = exchange(wg.public, b"GET /hello HTTP/1.0\r\nhost: app.localhost\r\n\r\n").await;
+    assert_eq!(ex.statuses(), [200]);
+    assert!(ex.end.closed(), "HTTP/1.0 without keep-alive is closed: {ex:?}");
+    let ex = exchange(wg.public, b"GET /hello HTTP/1.0\r\nhost: app.localhost\r\nconnection: keep-alive\r\n\r\n").await;
+    assert_eq!(ex.statuses(), [200]);
+    assert_eq!(ex.end, raw::End::Open, "HTTP/1.0 keep-alive stays open: {ex:?}");
+    assert!(ex.responses[0].headers.iter().any(|(n, v)| n == "connection" && v.eq_ignore_ascii_case("keep-alive")));
+
+    // HEAD: the length the body would have, and no body (a client that knows
+    // HEAD reads the next answer on the same connection cleanly).
+    let head = Request::head("/hello").header("host", "app.localhost").body(Empty::<Bytes>::new()).unwrap();
+    let resp = wakegate_tests::send(wg.public, head).await.expect("HEAD");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], "15");
+    assert!(resp.into_body().collect().await.expect("HEAD body").to_bytes().is_empty());
+}

@@ -101,6 +101,38 @@ async fn a_full_hold_queue_answers_503_at_once_and_the_held_ones_still_succeed()
     assert_eq!(metric(&m, "wakegate_rejected_requests_total{solution=\"app\",reason=\"hold_full\"}"), Some(1.0));
 }
 
+/// A client that gives up while its request is held takes the request out
+/// of the queue (its place is free for others); one that stays is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_while_held_leaves_the_queue() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let wg = Wakegate::start(&one("--startup-delay 3", ""));
+    let held = |n: f64| {
+        let wg = &wg;
+        async move { metric(&wg.metrics().await, "wakegate_held_requests{solution=\"app\"}") == Some(n) }
+    };
+    let mut leaving = tokio::net::TcpStream::connect(wg.public).await.unwrap();
+    let mut staying = tokio::net::TcpStream::connect(wg.public).await.unwrap();
+    for s in [&mut leaving, &mut staying] {
+        s.write_all(b"GET /hello HTTP/1.1\r\nhost: app.localhost\r\n\r\n").await.unwrap();
+    }
+    assert!(eventually(Duration::from_secs(3), || held(2.0)).await, "both held; log:\n{}", wg.log());
+    drop(leaving);
+    assert!(eventually(Duration::from_secs(2), || held(1.0)).await, "the closed one left the queue; log:\n{}", wg.log());
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        while !answer.ends_with(b"hello from app\n") {
+            match staying.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    assert!(read.await.is_ok(), "the staying client is answered");
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"), "{}", String::from_utf8_lossy(&answer));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_solution_is_stopped_and_the_next_request_starts_it_again() {
     let wg = Wakegate::start(&one("", "idle-timeout = \"2s\""));

@@ -18,9 +18,10 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
+use crate::h1;
 use crate::upstream::{Done, Endpoint};
 
 /// Largest response head accepted from a solution.
@@ -56,13 +57,24 @@ impl Conn {
         loop {
             ready!(self.io.poll_read_ready(cx))?;
             let spare = self.buf.capacity() - self.buf.len();
-            match self.io.try_read_buf(&mut self.buf) {
+            let (io, buf) = (&self.io, &mut self.buf);
+            let mut got = 0;
+            // A read that did not fill the buffer drained the socket: its
+            // readiness is cleared (as `conn::ClientIo` does), so the read
+            // for the next response waits for its event instead of costing
+            // a `recv` that fails with EAGAIN.
+            let read = io.try_io(Interest::READABLE, || {
+                got = io.try_read_buf(buf)?;
+                if got > 0 && got < spare { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
+            });
+            match read {
                 Ok(n) => {
                     if n == spare && n > 0 {
                         self.next_read = (self.next_read * 2).min(MAX_READ);
                     }
                     return Poll::Ready(Ok(n));
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => return Poll::Ready(Ok(got)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -232,9 +244,9 @@ async fn read_head(conn: &mut Conn, head_only: bool) -> Result<(Response<()>, Fr
 /// Parses a complete response head at the start of `buf` and takes it off;
 /// `None` while it is incomplete. Header values share the head's bytes.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, String> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(buf) {
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(format!("invalid response head: {e}")),
@@ -243,21 +255,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, String> {
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     // Where each name and value lies in the head, to slice it once frozen.
-    let base = buf.as_ptr() as usize;
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
     let count = parsed.headers.len();
-    for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        *span = (at(h.name.as_bytes()), h.name.len() as u32, at(h.value), h.value.len() as u32);
-    }
+    h1::spans(buf, parsed.headers, &mut spans);
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(n, nl, v, vl) in &spans[..count] {
-        let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
-        let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| "invalid header name".to_string())?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl)).map_err(|_| format!("invalid value of {name}"))?;
-        headers.append(name, value);
-    }
+    let headers = h1::header_map(&head, &spans[..count])?;
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;

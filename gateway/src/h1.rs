@@ -32,8 +32,8 @@ use crate::limits::body::RequestBody;
 use crate::server::{ConnInfo, Tracked, stopped};
 
 /// Most header fields parsed here; a request with more goes to hyper (which
-/// applies `max-headers`).
-const MAX_FIELDS: usize = 128;
+/// applies `max-headers`). Browsers send 10 to 20.
+const MAX_FIELDS: usize = 64;
 /// Read size for a request head.
 const HEAD_READ: usize = 8 * 1024;
 /// Body bytes copied next to the response head (one write); larger frames
@@ -75,6 +75,9 @@ struct Meta {
     http10: bool,
 }
 
+// Returned once per request head and taken apart at once: boxing the
+// request would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Parsed {
     Request(Request<RequestBody>, Meta),
@@ -87,9 +90,10 @@ enum Parsed {
 /// Parses the request head at the start of `buf`, taking it off when it is
 /// served here.
 fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
+    // Uninitialised: zeroing 64 fields would cost more than parsing most heads.
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Handoff,
@@ -275,6 +279,16 @@ where
     out.extend_from_slice(b"\r\n");
     let declared = headers.get(header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()));
     let mut framing = if bodyless {
+        // A HEAD answer tells the length the body would have, as hyper does.
+        if meta.head
+            && declared.is_none()
+            && let Some(n) = body.size_hint().exact()
+            && n > 0
+        {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
         Framing::None
     } else {
         match declared {
@@ -299,7 +313,8 @@ where
         keep = false;
     }
     for (name, value) in headers {
-        if name == header::CONNECTION || (name == header::TRANSFER_ENCODING && framing == Framing::Chunked) {
+        // The framing is this writer's: the handler's own say on it is dropped.
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
