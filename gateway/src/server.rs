@@ -1,5 +1,7 @@
 //! Serving on an already bound listener until told to stop, then draining:
-//! HTTP/1.1 and HTTP/2 (prior knowledge) on one port, upgrades allowed. Below
+//! HTTP/1.1 and HTTP/2 (prior knowledge) on one port, upgrades allowed.
+//! HTTP/1 requests without a body are served by the gateway's own loop
+//! ([`crate::h1`]), everything else by hyper. Below
 //! HTTP it reads the PROXY protocol header (when enabled), enforces the
 //! per-client connection limit, and runs a watchdog per connection for slow
 //! request heads (408) and idle keep-alive connections.
