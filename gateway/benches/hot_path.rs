@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the request path's pure parts: host routing, the rate
-//! limiter check, and the header rewrite towards a solution. They guard against
+//! limiter check, the header rewrite towards a solution, and the own HTTP/1.1
+//! code (request head parse, request head encode, response head parse). They guard against
 //! regressions (allocation, hashing, locking) that load tests see only as noise.
 //! Run: `cargo bench -p wakegate --bench hot_path`.
 
@@ -103,5 +104,37 @@ fn rewrite_case(c: &mut Criterion, name: &str, make: impl Fn() -> Request<()>) {
     });
 }
 
-criterion_group!(benches, route, limiter, rewrite);
+/// A browser's request head, as the server loop reads it.
+const BROWSER_HEAD: &[u8] = b"GET /api/embed?x=1 HTTP/1.1\r\nHost: nlp.aim.example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0\r\nAccept: text/html,application/xhtml+xml\r\nAccept-Language: en-GB,en;q=0.9\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\nCookie: session=abc\r\nUpgrade-Insecure-Requests: 1\r\n\r\n";
+/// A solution's response head, as the own client reads it.
+const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: uvicorn\r\nDate: Sat, 28 Nov 2026 21:00:00 GMT\r\nContent-Type: application/json\r\nContent-Length: 1234\r\nCache-Control: no-store\r\n\r\n";
+
+fn http1(c: &mut Criterion) {
+    c.bench_function("http1/parse browser request head", |b| {
+        b.iter_batched(
+            || bytes::BytesMut::from(BROWSER_HEAD),
+            |mut buf| wakegate::h1::parse_request(&mut buf, 100),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("http1/parse solution response head", |b| {
+        b.iter_batched(
+            || bytes::BytesMut::from(RESPONSE_HEAD),
+            |mut buf| wakegate::direct::parse_head(&mut buf),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let mut req = wakegate::h1::parse_request(&mut bytes::BytesMut::from(BROWSER_HEAD), 100);
+    let mut out = Vec::new();
+    c.bench_function("http1/encode request head", |b| {
+        b.iter(|| {
+            if let Some(r) = req.as_mut() {
+                wakegate::direct::encode(&mut out, black_box(r));
+            }
+            out.len()
+        })
+    });
+}
+
+criterion_group!(benches, route, limiter, rewrite, http1);
 criterion_main!(benches);

@@ -181,7 +181,7 @@ async fn connect(ep: &Endpoint, timeout: Duration) -> Result<Conn, Error> {
 }
 
 /// Writes the request head (origin-form target, HTTP/1.1) into `out`.
-fn encode<B>(out: &mut Vec<u8>, req: &Request<B>) {
+pub fn encode<B>(out: &mut Vec<u8>, req: &Request<B>) {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -243,7 +243,7 @@ async fn read_head(conn: &mut Conn, head_only: bool) -> Result<(Response<()>, Fr
 
 /// Parses a complete response head at the start of `buf` and takes it off;
 /// `None` while it is incomplete. Header values share the head's bytes.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, String> {
+pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, String> {
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {

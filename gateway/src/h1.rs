@@ -154,6 +154,16 @@ fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
     Parsed::Request(request, Meta { keep_alive, head: head_only, http10 })
 }
 
+/// Parses one request head at the start of `buf` as the server loop does:
+/// the request if this loop would serve it, `None` if it is incomplete or
+/// would go to hyper (for benchmarks of the hot path).
+pub fn parse_request(buf: &mut BytesMut, max_headers: usize) -> Option<Request<RequestBody>> {
+    match parse(buf, max_headers) {
+        Parsed::Request(req, _) => Some(req),
+        Parsed::Partial | Parsed::Handoff => None,
+    }
+}
+
 /// What serves one connection: the handler, and what it needs around it.
 pub struct Service<'a, F> {
     /// The request handler.
