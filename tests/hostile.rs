@@ -517,7 +517,7 @@ async fn one_connection_mixing_bodyless_and_body_requests_gets_every_answer_in_o
 
     // HEAD: the length the body would have, and no body (a client that knows
     // HEAD reads the next answer on the same connection cleanly).
-    let head = Request::head("/hello").header("host", "app.localhost").body(Empty::<Bytes>::new()).unwrap();
+    let head = Request::head("/hello").header("host", "app.localhost").body(Empty::<Bytes>::new()).expect("a valid request");
     let resp = wakegate_tests::send(wg.public, head).await.expect("HEAD");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-length"], "15");

@@ -111,10 +111,10 @@ async fn a_client_that_closes_while_held_leaves_the_queue() {
         let wg = &wg;
         async move { metric(&wg.metrics().await, "wakegate_held_requests{solution=\"app\"}") == Some(n) }
     };
-    let mut leaving = tokio::net::TcpStream::connect(wg.public).await.unwrap();
-    let mut staying = tokio::net::TcpStream::connect(wg.public).await.unwrap();
+    let mut leaving = tokio::net::TcpStream::connect(wg.public).await.expect("connect");
+    let mut staying = tokio::net::TcpStream::connect(wg.public).await.expect("connect");
     for s in [&mut leaving, &mut staying] {
-        s.write_all(b"GET /hello HTTP/1.1\r\nhost: app.localhost\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /hello HTTP/1.1\r\nhost: app.localhost\r\n\r\n").await.expect("send");
     }
     assert!(eventually(Duration::from_secs(3), || held(2.0)).await, "both held; log:\n{}", wg.log());
     drop(leaving);

@@ -121,6 +121,27 @@ impl Conn {
     }
 }
 
+/// Reads what `stream` holds into `buf` (`room` bytes free): `Ok(0)` at the
+/// end of the stream, `WouldBlock` if nothing is there.
+///
+/// A read that did not fill the buffer drained the socket (edge-triggered
+/// epoll), so its readiness is cleared, the way tokio's own
+/// `TcpStream::poll_read` does: the next read waits for the next event
+/// instead of costing a `recv` that fails with EAGAIN. `try_io` clears only
+/// the readiness seen before the read, so data arriving meanwhile is not
+/// missed. Used by both sides: client connections and the own upstream client.
+pub(crate) fn read_draining<B: bytes::BufMut>(stream: &TcpStream, buf: &mut B, room: usize) -> io::Result<usize> {
+    let mut got = 0;
+    let read = stream.try_io(Interest::READABLE, || {
+        got = stream.try_read_buf(buf)?;
+        if got > 0 && got < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
+    });
+    match read {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
+    }
+}
+
 /// A request being served on a connection.
 pub struct Serving(Arc<Conn>);
 
@@ -159,26 +180,10 @@ impl AsyncRead for ClientIo {
             ready!(stream.poll_read_ready(cx))?;
             let before = buf.filled().len();
             let room = buf.remaining();
-            let mut short = false;
-            // Reads into the caller's uninitialised buffer (no zeroing of
-            // hyper's whole read buffer per read). A read that did not fill
-            // the buffer drained the socket (edge-triggered epoll), so its
-            // readiness is cleared here, the way tokio's own
-            // `TcpStream::poll_read` does: the next read waits for the next
-            // event instead of costing a `recv` that fails with EAGAIN. The
-            // outer `try_io` clears only the readiness seen before the read,
-            // so data arriving meanwhile is not missed.
-            let result = stream.try_io(Interest::READABLE, || {
-                let n = stream.try_read_buf(buf)?;
-                if n > 0 && n < room {
-                    short = true;
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(n)
-            });
-            match result {
+            // Into the caller's uninitialised buffer: no zeroing of hyper's
+            // whole read buffer per read.
+            match read_draining(stream, buf, room) {
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && short => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }

@@ -18,11 +18,11 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::h1;
-use crate::upstream::{Done, Endpoint};
+use crate::upstream::{self, Done, Endpoint, SEND_ATTEMPTS};
+use crate::{conn, forward, h1};
 
 /// Largest response head accepted from a solution.
 const MAX_HEAD: usize = 64 * 1024;
@@ -33,8 +33,6 @@ const FIRST_READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
 /// A pooled connection keeps its read buffer only up to this size.
 const KEEP_BUFFER: usize = 16 * 1024;
-/// New connections tried for one request before giving up on an endpoint.
-const SEND_ATTEMPTS: usize = 3;
 
 /// One HTTP/1.1 connection to a solution endpoint.
 pub struct Conn {
@@ -57,24 +55,15 @@ impl Conn {
         loop {
             ready!(self.io.poll_read_ready(cx))?;
             let spare = self.buf.capacity() - self.buf.len();
-            let (io, buf) = (&self.io, &mut self.buf);
-            let mut got = 0;
-            // A read that did not fill the buffer drained the socket: its
-            // readiness is cleared (as `conn::ClientIo` does), so the read
-            // for the next response waits for its event instead of costing
-            // a `recv` that fails with EAGAIN.
-            let read = io.try_io(Interest::READABLE, || {
-                got = io.try_read_buf(buf)?;
-                if got > 0 && got < spare { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
-            });
-            match read {
+            // The read for the next response then waits for its event
+            // instead of costing a `recv` that fails with EAGAIN.
+            match conn::read_draining(&self.io, &mut self.buf, spare) {
                 Ok(n) => {
                     if n == spare && n > 0 {
                         self.next_read = (self.next_read * 2).min(MAX_READ);
                     }
                     return Poll::Ready(Ok(n));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => return Poll::Ready(Ok(got)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -133,7 +122,7 @@ pub fn eligible<B: http_body::Body>(req: &Request<B>, upgrade: bool) -> bool {
 /// (for methods that are safe to repeat, RFC 9110 §9.2.2, as nginx does; the
 /// others are sent only on a connection seen open). Every pooled connection
 /// may be tried (a restarted solution leaves them all closed), and up to
-/// [`SEND_ATTEMPTS`] new ones.
+/// [`SEND_ATTEMPTS`] new ones (as many as hyper's path tries).
 pub async fn send<B>(ep: &Endpoint, req: &Request<B>, connect_timeout: Duration) -> Result<Answer, Error> {
     let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE);
     let head_only = req.method() == Method::HEAD;
@@ -144,7 +133,8 @@ pub async fn send<B>(ep: &Endpoint, req: &Request<B>, connect_timeout: Duration)
             Some(c) => (c, true),
             None if fresh < SEND_ATTEMPTS => {
                 fresh += 1;
-                (Box::pin(connect(ep, connect_timeout)).await?, false)
+                let io = Box::pin(upstream::dial(ep.addr, connect_timeout)).await.map_err(Error::NotSent)?;
+                (Conn::new(io), false)
             }
             None => return Err(Error::NotSent(last)),
         };
@@ -167,17 +157,6 @@ pub async fn send<B>(ep: &Endpoint, req: &Request<B>, connect_timeout: Duration)
             Err(HeadError::Bad(why)) => return Err(Error::Failed(format!("{}: {why}", ep.addr))),
         }
     }
-}
-
-async fn connect(ep: &Endpoint, timeout: Duration) -> Result<Conn, Error> {
-    let addr = ep.addr;
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(Error::NotSent(format!("connect to {addr}: {e}"))),
-        Err(_) => return Err(Error::NotSent(format!("connect to {addr}: timed out after {timeout:?}"))),
-    };
-    let _ = stream.set_nodelay(true);
-    Ok(Conn::new(stream))
 }
 
 /// Writes the request head (origin-form target, HTTP/1.1) into `out`.
@@ -295,32 +274,22 @@ enum Chunk {
 
 fn framing(head: &Response<()>, head_only: bool) -> Result<Framing, String> {
     let h = head.headers();
-    let tokens = |name: header::HeaderName| {
-        h.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .collect::<Vec<_>>()
-    };
-    let connection = if h.contains_key(header::CONNECTION) { tokens(header::CONNECTION) } else { Vec::new() };
     let mut reusable = if head.version() == Version::HTTP_10 {
-        connection.iter().any(|t| t == "keep-alive")
+        forward::has_token(h, header::CONNECTION, "keep-alive")
     } else {
-        !connection.iter().any(|t| t == "close")
+        !forward::has_token(h, header::CONNECTION, "close")
     };
     let status = head.status();
     if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing { kind: Kind::Length(0), reusable });
     }
     if h.contains_key(header::TRANSFER_ENCODING) {
-        let codings = tokens(header::TRANSFER_ENCODING);
         // A length next to a transfer coding may be a smuggling attempt: the
         // coding wins, and the connection is not used again (RFC 9112 §6.1).
         if h.contains_key(header::CONTENT_LENGTH) {
             reusable = false;
         }
-        return Ok(if codings.last().is_some_and(|c| c == "chunked") {
+        return Ok(if forward::tokens(h, header::TRANSFER_ENCODING).last().is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
             Framing { kind: Kind::Chunked(Chunk::Size), reusable }
         } else {
             Framing { kind: Kind::Close, reusable: false }
@@ -540,12 +509,12 @@ mod tests {
     /// A solution that answers each request on a connection with the next of
     /// `answers` (raw bytes), and reports the request heads it read.
     async fn solution(answers: Vec<Vec<&'static [u8]>>) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let addr = listener.local_addr().expect("its address");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             for conn_answers in answers {
-                let (mut s, _) = listener.accept().await.unwrap();
+                let (mut s, _) = listener.accept().await.expect("accept");
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let mut seen = Vec::new();
@@ -563,7 +532,7 @@ mod tests {
                                 break;
                             }
                         }
-                        s.write_all(answer).await.unwrap();
+                        s.write_all(answer).await.expect("answer");
                     }
                     // Leave the connection open a moment, as a keep-alive server would.
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -574,16 +543,16 @@ mod tests {
     }
 
     fn get(path: &str) -> Request<http_body_util::Empty<Bytes>> {
-        let mut r = Request::builder().uri(path).body(http_body_util::Empty::new()).unwrap();
+        let mut r = Request::builder().uri(path).body(http_body_util::Empty::new()).expect("a valid request");
         r.headers_mut().insert(header::HOST, HeaderValue::from_static("nlp.localhost"));
         r
     }
 
     async fn exchange(ep: &Arc<Endpoint>, req: &Request<http_body_util::Empty<Bytes>>) -> (Response<()>, Bytes, Option<HeaderMap>) {
-        let answer = send(ep, req, Duration::from_secs(1)).await.unwrap();
+        let answer = send(ep, req, Duration::from_secs(1)).await.expect("an answer");
         crate::upstream::begin(ep);
         let body = answer.body.with_done(Done::for_test(ep.clone()));
-        let collected = body.collect().await.unwrap();
+        let collected = body.collect().await.expect("a whole body");
         let trailers = collected.trailers().cloned();
         (answer.head, collected.to_bytes(), trailers)
     }
@@ -604,14 +573,14 @@ mod tests {
         assert_eq!(head.status(), 200);
         assert_eq!(head.headers()["x-a"], "1");
         assert_eq!(body, "hello");
-        let sent = heads.recv().await.unwrap();
+        let sent = heads.recv().await.expect("a request head");
         assert!(sent.starts_with("GET /a?b=1 HTTP/1.1\r\nhost: nlp.localhost\r\n"), "{sent}");
         assert_eq!(ep.direct_idle.len(), 1, "the connection is pooled after the body");
 
         let (head, body, trailers) = exchange(&ep, &get("/chunked")).await;
         assert_eq!(head.status(), 200, "the 100 is skipped");
         assert_eq!(body, "abcde");
-        assert_eq!(trailers.unwrap()["x-sum"], "5");
+        assert_eq!(trailers.expect("trailers")["x-sum"], "5");
 
         let (head, body, _) = exchange(&ep, &get("/empty")).await;
         assert_eq!(head.status(), 204);
@@ -621,7 +590,7 @@ mod tests {
         assert_eq!(body, "until the end");
         assert_eq!(ep.direct_idle.len(), 0, "a connection the solution closes is not pooled");
         for _ in 0..3 {
-            heads.recv().await.unwrap();
+            heads.recv().await.expect("a request head");
         }
     }
 
@@ -663,7 +632,7 @@ mod tests {
         let pools = Pools::default();
         let ep = pools.endpoint(addr, 0);
         assert!(matches!(send(&ep, &get("/"), Duration::from_secs(1)).await, Err(Error::Failed(_))));
-        let answer = send(&ep, &get("/"), Duration::from_secs(1)).await.unwrap();
+        let answer = send(&ep, &get("/"), Duration::from_secs(1)).await.expect("an answer");
         crate::upstream::begin(&ep);
         assert!(answer.body.with_done(Done::for_test(ep.clone())).collect().await.is_err(), "a cut body is an error");
         assert!(matches!(send(&ep, &get("/"), Duration::from_secs(1)).await, Err(Error::Failed(_))));
@@ -672,23 +641,23 @@ mod tests {
 
     #[test]
     fn a_head_request_or_304_has_no_body_and_te_beats_length() {
-        let resp = |raw: &'static [u8]| parse_head(&mut BytesMut::from(raw)).unwrap().unwrap();
+        let resp = |raw: &'static [u8]| parse_head(&mut BytesMut::from(raw)).expect("valid").expect("complete");
         let r = resp(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n");
-        assert_eq!(framing(&r, true).unwrap().kind, Kind::Length(0));
-        assert_eq!(framing(&r, false).unwrap().kind, Kind::Length(10));
+        assert_eq!(framing(&r, true).expect("framed").kind, Kind::Length(0));
+        assert_eq!(framing(&r, false).expect("framed").kind, Kind::Length(10));
         let r = resp(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n");
-        assert_eq!(framing(&r, false).unwrap().kind, Kind::Length(0));
+        assert_eq!(framing(&r, false).expect("framed").kind, Kind::Length(0));
         let r = resp(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\ntransfer-encoding: chunked\r\n\r\n");
-        let f = framing(&r, false).unwrap();
+        let f = framing(&r, false).expect("framed");
         assert_eq!(f, Framing { kind: Kind::Chunked(Chunk::Size), reusable: false });
         let r = resp(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n");
-        assert!(!framing(&r, false).unwrap().reusable, "HTTP/1.0 without keep-alive closes");
+        assert!(!framing(&r, false).expect("framed").reusable, "HTTP/1.0 without keep-alive closes");
     }
 
     #[test]
     fn the_request_head_is_origin_form_http11_with_a_length_for_empty_posts() {
         let mut out = Vec::new();
-        let mut req = Request::builder().method(Method::POST).uri("/embed").body(()).unwrap();
+        let mut req = Request::builder().method(Method::POST).uri("/embed").body(()).expect("a valid request");
         req.headers_mut().insert(header::HOST, HeaderValue::from_static("nlp.localhost"));
         encode(&mut out, &req);
         assert_eq!(out, b"POST /embed HTTP/1.1\r\nhost: nlp.localhost\r\ncontent-length: 0\r\n\r\n");

@@ -30,11 +30,17 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static(request_id::HEADER);
 
 /// Whether the request asks for a protocol upgrade (HTTP/1.1 `Connection: upgrade`).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+    headers.contains_key(header::UPGRADE) && has_token(headers, header::CONNECTION, "upgrade")
+}
+
+/// The comma-separated tokens of every `name` field, trimmed, in order.
+pub fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers.get_all(name).into_iter().filter_map(|v| v.to_str().ok()).flat_map(|s| s.split(',')).map(str::trim)
+}
+
+/// Whether a `name` field lists `token` (case-insensitive), e.g. `Connection: close`.
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`.

@@ -12,7 +12,7 @@
 //! bytes in one write.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -278,7 +278,7 @@ where
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     let headers = &parts.headers;
-    let close_asked = headers.get_all(header::CONNECTION).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let close_asked = crate::forward::has_token(headers, header::CONNECTION, "close");
     let mut keep = meta.keep_alive && !closing && !close_asked;
     let bodyless = meta.head || status.is_informational() || status.as_u16() == 204 || status.as_u16() == 304;
     out.clear();
@@ -401,7 +401,8 @@ where
             *left -= data.len() as u64;
         }
         if framing == Framing::Chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            // Into the buffer itself: no string per chunk.
+            let _ = write!(out, "{:x}\r\n", data.len());
         }
         if data.len() <= COPY_MAX {
             out.extend_from_slice(&data);

@@ -306,65 +306,53 @@ async fn forward(gw: Arc<Gateway>, sol: Arc<SolutionRt>, spec: Arc<proto::Soluti
                 // this future's size. Boxed, and only once the endpoint has
                 // room: held requests, and requests queued behind
                 // `max-concurrent-requests` after a wake, stay small.
-                let permit = tokio::time::timeout_at(until, upstream::permit(&ep)).await;
-                if direct && let Ok(permit) = permit {
+                let Ok(permit) = tokio::time::timeout_at(until, upstream::permit(&ep)).await else {
+                    upstream::abort(&ep);
+                    return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
+                };
+                // Why the request did not reach the solution: then it is
+                // sent again (another endpoint, a new connection) or held.
+                let not_sent = if direct {
                     let sending = direct::send(&ep, &req, settings.upstream_connect_timeout);
-                    let answer = match Box::pin(tokio::time::timeout_at(until, sending)).await {
-                        Ok(Ok(answer)) => answer,
-                        Ok(Err(direct::Error::NotSent(why))) => {
-                            upstream::abort(&ep);
-                            drop((activity, permit));
-                            tracing::debug!(solution = %sol.name, endpoint = %ep.addr, "not sent: {why}; retrying");
-                            if Instant::now() + RETRY_PAUSE >= deadline {
-                                let msg = format!("{} did not accept the connection", sol.name);
-                                return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), reply_headers, rid);
-                            }
-                            Box::pin(tokio::time::sleep(RETRY_PAUSE)).await;
-                            continue;
-                        }
+                    match Box::pin(tokio::time::timeout_at(until, sending)).await {
+                        Ok(Ok(answer)) => return respond_direct(ep, answer, permit, activity, rid, started),
+                        Ok(Err(direct::Error::NotSent(why))) => why,
                         Ok(Err(direct::Error::Failed(why))) => {
                             upstream::abort(&ep);
-                            tracing::warn!(solution = %sol.name, "upstream failed: {why}");
-                            let msg = format!("{} closed the connection without a complete answer", sol.name);
-                            return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_error", msg), reply_headers, rid);
+                            return refuse(sol, upstream_failed(sol, &why), reply_headers, rid);
                         }
                         Err(_) => {
                             upstream::abort(&ep);
                             return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
                         }
-                    };
-                    return respond_direct(ep, answer, permit, activity, rid, started);
-                }
-                let sent = match permit {
-                    Ok(permit) => {
-                        let sending = upstream::send(&ep, req, settings.upstream_connect_timeout, permit);
-                        Box::pin(tokio::time::timeout_at(until, sending)).await
                     }
-                    Err(elapsed) => Err(elapsed),
-                };
-                let Ok(sent) = sent else {
-                    upstream::abort(&ep);
-                    return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
-                };
-                match sent {
-                    Ok(sent) => return respond(ep, sent, activity, client_upgrade, rid, started),
-                    Err(SendError::NotSent(r, why)) => {
-                        upstream::abort(&ep);
-                        tracing::debug!(solution = %sol.name, endpoint = %ep.addr, "not sent: {why}; retrying");
-                        req = *r;
-                        drop(activity);
-                        if Instant::now() + RETRY_PAUSE >= deadline {
-                            let msg = format!("{} did not accept the connection", sol.name);
-                            return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), reply_headers, rid);
+                } else {
+                    let sending = upstream::send(&ep, req, settings.upstream_connect_timeout, permit);
+                    match Box::pin(tokio::time::timeout_at(until, sending)).await {
+                        Ok(Ok(sent)) => return respond(ep, sent, activity, client_upgrade, rid, started),
+                        Ok(Err(SendError::NotSent(r, why))) => {
+                            req = *r;
+                            why
                         }
-                        Box::pin(tokio::time::sleep(RETRY_PAUSE)).await;
-                        continue;
+                        Ok(Err(SendError::Failed(e))) => {
+                            upstream::abort(&ep);
+                            return refuse(sol, classify(sol, &e), reply_headers, rid);
+                        }
+                        Err(_) => {
+                            upstream::abort(&ep);
+                            return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
+                        }
                     }
-                    Err(SendError::Failed(e)) => {
-                        upstream::abort(&ep);
-                        return refuse(sol, classify(sol, &e), reply_headers, rid);
-                    }
+                };
+                upstream::abort(&ep);
+                tracing::debug!(solution = %sol.name, endpoint = %ep.addr, "not sent: {not_sent}; retrying");
+                drop(activity);
+                if Instant::now() + RETRY_PAUSE >= deadline {
+                    let msg = format!("{} did not accept the connection", sol.name);
+                    return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), reply_headers, rid);
                 }
+                Box::pin(tokio::time::sleep(RETRY_PAUSE)).await;
+                continue;
             }
             drop(activity);
         }
@@ -440,12 +428,15 @@ fn classify(sol: &SolutionRt, e: &hyper::Error) -> Refusal {
             tracing::debug!(solution = %sol.name, "client went away mid-body: {err}");
             Refusal::new(StatusCode::BAD_REQUEST, "client_aborted", "the request body was not received completely")
         }
-        None => {
-            tracing::warn!(solution = %sol.name, "upstream failed: {e}");
-            let msg = format!("{} closed the connection without a complete answer", sol.name);
-            Refusal::new(StatusCode::BAD_GATEWAY, "upstream_error", msg)
-        }
+        None => upstream_failed(sol, e),
     }
+}
+
+/// The refusal for a solution that failed mid-exchange.
+fn upstream_failed(sol: &SolutionRt, why: &dyn std::fmt::Display) -> Refusal {
+    tracing::warn!(solution = %sol.name, "upstream failed: {why}");
+    let msg = format!("{} closed the connection without a complete answer", sol.name);
+    Refusal::new(StatusCode::BAD_GATEWAY, "upstream_error", msg)
 }
 
 /// Seconds a client should wait before retrying a refused held request.

@@ -23,7 +23,7 @@ use crate::solution::OwnedActivity;
 /// Idle connections kept per endpoint; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// Attempts on pooled or fresh connections before giving up on an endpoint.
-const SEND_ATTEMPTS: usize = 3;
+pub(crate) const SEND_ATTEMPTS: usize = 3;
 
 /// The request body type sent upstream.
 pub type ReqBody = LimitedBody;
@@ -171,13 +171,19 @@ async fn pooled(ep: &Endpoint) -> Option<Sender> {
     None
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, String> {
+/// A new TCP connection to a solution endpoint, `TCP_NODELAY` set (both clients).
+pub(crate) async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(format!("connect to {addr}: {e}")),
         Err(_) => return Err(format!("connect to {addr}: timed out after {timeout:?}")),
     };
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, String> {
+    let stream = dial(addr, timeout).await?;
     let (sender, conn) = Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake with {addr}: {e}"))?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
