@@ -238,7 +238,7 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, String> {
     let count = parsed.headers.len();
     h1::spans(buf, parsed.headers, &mut spans);
     let head = buf.split_to(len).freeze();
-    let headers = h1::header_map(&head, &spans[..count])?;
+    let headers = h1::header_map(&head, &spans[..count], forward::ADDED_CLIENT)?;
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;

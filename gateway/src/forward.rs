@@ -23,10 +23,18 @@ static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// Fields `to_upstream` adds to a request (`X-Forwarded-*`, `X-Request-Id`;
+/// `Host` is mostly there already): room for them when a head is parsed.
+pub const ADDED_UPSTREAM: usize = 4;
+/// Fields the gateway adds to a response: `X-Request-Id` (over TLS also
+/// `Strict-Transport-Security`, mostly in the room of the `Connection` field
+/// that is taken off). One more would make the map of a typical answer
+/// (5 fields) twice as large: an allocation past glibc's per-thread cache.
+pub const ADDED_CLIENT: usize = 1;
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static(request_id::HEADER);
 
 /// Whether the request asks for a protocol upgrade (HTTP/1.1 `Connection: upgrade`).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
@@ -40,7 +48,17 @@ pub fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &st
 
 /// Whether a `name` field lists `token` (case-insensitive), e.g. `Connection: close`.
 pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+    // Bytes, not `tokens`: asked of every response, mostly of no field at all.
+    headers.get_all(name).iter().any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
+}
+
+/// Whether `name` may be hop-by-hop: a length check first, since most names
+/// are not (and comparing a custom name is a byte comparison per candidate).
+fn is_hop_by_hop(name: &HeaderName) -> Option<usize> {
+    match name.as_str().len() {
+        2 | 7 | 10 | 16 | 17 | 19 => HOP_BY_HOP.iter().position(|h| h == name),
+        _ => None,
+    }
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
@@ -50,7 +68,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // carry none or only `Connection` (which any header naming others needs).
     let mut present = [false; HOP_COUNT];
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = is_hop_by_hop(name) {
             present[i] = true;
         }
     }
@@ -71,7 +89,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                     headers.remove(n);
                 }
             }
-        } else if let Ok(n) = HeaderName::from_bytes(conn.as_bytes())
+        } else if !is_connection_option(conn.as_bytes())
+            && let Ok(n) = HeaderName::from_bytes(conn.as_bytes())
             && !(keep_upgrade && n == header::UPGRADE)
         {
             headers.remove(n);
@@ -85,6 +104,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::UPGRADE, u);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// `close` names no field, and `keep-alive` one that is hop-by-hop anyway:
+/// the common `Connection` values need no name made and looked up.
+fn is_connection_option(b: &[u8]) -> bool {
+    b.eq_ignore_ascii_case(b"keep-alive") || b.eq_ignore_ascii_case(b"close")
 }
 
 fn is_plain_token(b: &[u8]) -> bool {
@@ -143,7 +168,7 @@ pub fn to_upstream<B>(req: &mut Request<B>, peer: SocketAddr, client: Client, ho
     }
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     h.insert(X_FORWARDED_HOST.clone(), host.clone());
-    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    h.insert(request_id::NAME.clone(), request_id.clone());
 }
 
 thread_local! {
@@ -178,10 +203,10 @@ fn append_forwarded_for(h: &mut HeaderMap, client: SocketAddr) {
     }
 }
 
-/// Rewrites a solution's response for the client.
-pub fn to_client(headers: &mut HeaderMap, request_id: &HeaderValue, switching: bool) {
+/// Rewrites a solution's response for the client. (`X-Request-Id` is set on
+/// every answer, forwarded or not, by `proxy::handle`.)
+pub fn to_client(headers: &mut HeaderMap, switching: bool) {
     strip_hop_by_hop(headers, switching);
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 }
 
 #[cfg(test)]
@@ -199,6 +224,26 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_passes_the_length_filter() {
+        for (i, h) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(is_hop_by_hop(h), Some(i), "{h}");
+        }
+        assert_eq!(is_hop_by_hop(&header::CONTENT_TYPE), None);
+        assert_eq!(is_hop_by_hop(&HeaderName::from_static("x-upgrade")), None);
+    }
+
+    #[test]
+    fn finds_tokens_in_any_field_and_case() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static(" Upgrade ,  CLOSE"));
+        assert!(has_token(&h, header::CONNECTION, "close"));
+        assert!(has_token(&h, header::CONNECTION, "upgrade"));
+        assert!(!has_token(&h, header::CONNECTION, "clos"));
+        assert!(!has_token(&h, header::TE, "trailers"));
     }
 
     #[test]

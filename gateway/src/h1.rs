@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
@@ -53,8 +53,10 @@ pub(crate) fn spans(buf: &[u8], fields: &[httparse::Header<'_>], out: &mut [Span
 }
 
 /// The header map of a head whose fields lie at `spans`; values share its bytes.
-pub(crate) fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, String> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+/// `room`: fields the gateway will add, so that adding them does not grow
+/// (and rehash) the map.
+pub(crate) fn header_map(head: &Bytes, spans: &[Span], room: usize) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + room);
     for &(n, nl, v, vl) in spans {
         let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
         let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| "invalid header name".to_string())?;
@@ -88,7 +90,8 @@ enum Parsed {
 }
 
 /// Parses the request head at the start of `buf`, taking it off when it is
-/// served here.
+/// served here. The head is copied out (a few hundred bytes): the request
+/// then shares nothing with the read buffer, which goes back to [`spare`].
 fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
     // Uninitialised: zeroing 64 fields would cost more than parsing most heads.
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
@@ -133,18 +136,13 @@ fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
     let mut field_spans = [(0, 0, 0, 0); MAX_FIELDS];
     let count = req.headers.len();
     spans(buf, req.headers, &mut field_spans);
-    let head = buf.split_to(len).freeze();
+    let head = Bytes::copy_from_slice(&buf[..len]);
     let built = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .ok()
-        .and_then(|uri| header_map(&head, &field_spans[..count]).ok().map(|h| (uri, h)));
-    let Some((uri, headers)) = built else {
-        // Put the head back for hyper, which answers it properly.
-        let mut all = BytesMut::with_capacity(head.len() + buf.len());
-        all.extend_from_slice(&head);
-        all.extend_from_slice(buf);
-        *buf = all;
-        return Parsed::Handoff;
-    };
+        .and_then(|uri| header_map(&head, &field_spans[..count], crate::forward::ADDED_UPSTREAM).ok().map(|h| (uri, h)));
+    // Else the head stays in `buf` for hyper, which answers it properly.
+    let Some((uri, headers)) = built else { return Parsed::Handoff };
+    buf.advance(len);
     let mut request = Request::new(RequestBody::Empty);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -183,7 +181,7 @@ pub struct Service<'a, F> {
 /// Serves requests on `io` until the client closes, the listener stops
 /// (`stop`), or a request is not for this loop: then `io` and the bytes read
 /// of it so far are returned, for hyper.
-pub async fn serve<I, F, Fut>(mut io: I, svc: Service<'_, F>, mut stop: watch::Receiver<bool>) -> io::Result<Option<(I, Bytes)>>
+pub async fn serve<I, F, Fut>(mut io: I, svc: Service<'_, F>, stop: watch::Receiver<bool>) -> io::Result<Option<(I, Bytes)>>
 where
     I: AsyncRead + AsyncWrite + Unpin,
     F: Fn(SocketAddr, Request<RequestBody>) -> Fut,
@@ -191,6 +189,11 @@ where
 {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
+    // One watch for the connection's life: a waiter registered once, not
+    // registered and removed again for every request.
+    let mut watch = stop.clone();
+    let stopping = stopped(&mut watch);
+    tokio::pin!(stopping);
     loop {
         let (mut req, meta) = loop {
             if !buf.is_empty() {
@@ -201,6 +204,9 @@ where
                     Parsed::Partial => {}
                 }
             }
+            if buf.capacity() == 0 {
+                buf = spare::take();
+            }
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(HEAD_READ);
             }
@@ -208,7 +214,7 @@ where
                 // Between requests a stopping listener closes the connection.
                 tokio::select! {
                     n = io.read_buf(&mut buf) => n?,
-                    _ = stopped(&mut stop) => return Ok(None),
+                    _ = &mut stopping => return Ok(None),
                 }
             } else {
                 io.read_buf(&mut buf).await?
@@ -224,7 +230,7 @@ where
         // The head's bytes went with the request; an empty buffer is not
         // kept while the handler works (a held request can wait long).
         if buf.is_empty() {
-            buf = BytesMut::new();
+            spare::give(std::mem::take(&mut buf));
         }
         // In a block of its own: the handler's future is gone before the
         // answer is written, and the two share this future's storage.
@@ -259,6 +265,45 @@ where
             let _ = io.shutdown().await;
             return Ok(None);
         }
+    }
+}
+
+/// Read buffers between requests, for the next read of any connection on
+/// this thread. A connection gives its buffer back once a request's head is
+/// parsed (copied out) and takes one to read the next: no buffer is freed and
+/// allocated per request, and none is kept by a connection whose request
+/// waits (held requests, thousands at once).
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::HEAD_READ;
+
+    /// Buffers kept per thread, at most (512 KiB).
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static BUFS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer of about [`HEAD_READ`] bytes.
+    pub fn take() -> BytesMut {
+        BUFS.with(|b| b.borrow_mut().pop()).unwrap_or_else(|| BytesMut::with_capacity(HEAD_READ))
+    }
+
+    /// Keeps `buf` for [`take`], unless it grew (a large head) or enough are kept.
+    pub fn give(mut buf: BytesMut) {
+        buf.clear();
+        if buf.capacity() == 0 || buf.capacity() > HEAD_READ {
+            return;
+        }
+        BUFS.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < KEEP {
+                b.push(buf);
+            }
+        });
     }
 }
 

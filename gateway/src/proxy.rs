@@ -56,7 +56,7 @@ pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> 
         if let Some(v) = hsts {
             resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
         }
-        resp.headers_mut().insert(request_id::HEADER, rid);
+        resp.headers_mut().insert(request_id::NAME.clone(), rid);
         resp
     })
 }
@@ -81,7 +81,7 @@ fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Re
             let mut r = Response::new(Body::full("this site is served over HTTPS\n"));
             *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
             r.headers_mut().insert(header::LOCATION, location);
-            r.headers_mut().insert(request_id::HEADER, rid.clone());
+            r.headers_mut().insert(request_id::NAME.clone(), rid.clone());
             return Err(Box::new(r));
         }
     }
@@ -99,7 +99,7 @@ fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Re
             gw.metrics.rejected_unrouted("misdirected");
             let msg = format!("this connection was opened for {sni}, not {name}; open a new one");
             let mut r = Refusal::new(StatusCode::MISDIRECTED_REQUEST, "misdirected", msg).into_response(req.headers(), rid);
-            r.headers_mut().insert(request_id::HEADER, rid.clone());
+            r.headers_mut().insert(request_id::NAME.clone(), rid.clone());
             if let Some(v) = view.hsts.clone() {
                 r.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
             }
@@ -210,7 +210,7 @@ fn route(
     if sol.handle.cell.phase() != Phase::Ready {
         // Likely held: keep only its own bytes (see `detach_head`).
         forward::detach_head(&mut req);
-        if let Some(own) = req.headers().get(request_id::HEADER) {
+        if let Some(own) = req.headers().get(&request_id::NAME) {
             *rid = own.clone();
         }
     }
@@ -315,7 +315,7 @@ async fn forward(gw: Arc<Gateway>, sol: Arc<SolutionRt>, spec: Arc<proto::Soluti
                 let not_sent = if direct {
                     let sending = direct::send(&ep, &req, settings.upstream_connect_timeout);
                     match Box::pin(tokio::time::timeout_at(until, sending)).await {
-                        Ok(Ok(answer)) => return respond_direct(ep, answer, permit, activity, rid, started),
+                        Ok(Ok(answer)) => return respond_direct(ep, answer, permit, activity, started),
                         Ok(Err(direct::Error::NotSent(why))) => why,
                         Ok(Err(direct::Error::Failed(why))) => {
                             upstream::abort(&ep);
@@ -329,7 +329,7 @@ async fn forward(gw: Arc<Gateway>, sol: Arc<SolutionRt>, spec: Arc<proto::Soluti
                 } else {
                     let sending = upstream::send(&ep, req, settings.upstream_connect_timeout, permit);
                     match Box::pin(tokio::time::timeout_at(until, sending)).await {
-                        Ok(Ok(sent)) => return respond(ep, sent, activity, client_upgrade, rid, started),
+                        Ok(Ok(sent)) => return respond(ep, sent, activity, client_upgrade, started),
                         Ok(Err(SendError::NotSent(r, why))) => {
                             req = *r;
                             why
@@ -453,7 +453,6 @@ fn respond(
     sent: Sent,
     activity: OwnedActivity,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    rid: &HeaderValue,
     started: Instant,
 ) -> Response<Body> {
     let Sent { mut response, conn, permit } = sent;
@@ -461,7 +460,7 @@ fn respond(
     // solution answered with (an HTTP/1.0 server must not downgrade the client).
     *response.version_mut() = Version::HTTP_11;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    forward::to_client(response.headers_mut(), rid, switching);
+    forward::to_client(response.headers_mut(), switching);
     if switching {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let stream = activity.into_stream();
@@ -487,12 +486,11 @@ fn respond_direct(
     answer: direct::Answer,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     activity: OwnedActivity,
-    rid: &HeaderValue,
     started: Instant,
 ) -> Response<Body> {
     let direct::Answer { mut head, body } = answer;
     *head.version_mut() = Version::HTTP_11;
-    forward::to_client(head.headers_mut(), rid, false);
+    forward::to_client(head.headers_mut(), false);
     let done = Done::new(ep, (None, permit), activity, started);
     let (parts, ()) = head.into_parts();
     Response::from_parts(parts, Body::Direct(body.with_done(done)))

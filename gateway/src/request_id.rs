@@ -1,10 +1,13 @@
 //! Request ids: kept from the client's `X-Request-Id` when it is sane, made
 //! here otherwise, and returned on every response so a user can quote it.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header that carries the id both ways.
 pub const HEADER: &str = "x-request-id";
+/// The same as a header name (looked up on every request: a `&str` would be
+/// parsed into a name each time).
+pub static NAME: HeaderName = HeaderName::from_static(HEADER);
 
 /// Longest client-supplied id that is kept.
 const MAX_LEN: usize = 128;
@@ -12,7 +15,7 @@ const MAX_LEN: usize = 128;
 /// The request's id: the client's if it is 1..=128 visible ASCII characters,
 /// else 16 random hex digits.
 pub fn of(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(HEADER) {
+    if let Some(v) = headers.get(&NAME) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= MAX_LEN && b.iter().all(|c| c.is_ascii_graphic()) {
             return v.clone();

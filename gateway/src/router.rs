@@ -88,10 +88,25 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
         if name.is_empty() || name.len() > 253 {
             return None;
         }
-        for label in name.split('.') {
-            if label.is_empty() || label.len() > 63 || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        // One pass (every request routes): labels of 1 to 63 letters, digits, '-'.
+        let mut label = 0;
+        for b in name.bytes() {
+            if b == b'.' {
+                if label == 0 {
+                    return None;
+                }
+                label = 0;
+            } else if b.is_ascii_alphanumeric() || b == b'-' {
+                label += 1;
+                if label > 63 {
+                    return None;
+                }
+            } else {
                 return None;
             }
+        }
+        if label == 0 {
+            return None;
         }
         name
     };
@@ -114,5 +129,8 @@ mod tests {
         for bad in ["", ".", "..", "a..b", "app.localhost:80:80", "h:", "h:123456", "[", "[.", "[zz]", "a b", "a_b"] {
             assert_eq!(n(bad), None, "{bad:?}");
         }
+        let (longest, too_long) = ("a".repeat(63) + ".example", "a".repeat(64) + ".example");
+        assert_eq!(normalize_host(&longest).as_deref(), Some(longest.as_str()));
+        assert_eq!(normalize_host(&too_long), None);
     }
 }
