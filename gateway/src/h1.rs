@@ -212,7 +212,10 @@ where
             }
             let n = if buf.is_empty() {
                 // Between requests a stopping listener closes the connection.
+                // The read first: woken by the next request, the stop watch
+                // is not polled again.
                 tokio::select! {
+                    biased;
                     n = io.read_buf(&mut buf) => n?,
                     _ = &mut stopping => return Ok(None),
                 }
