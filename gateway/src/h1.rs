@@ -5,8 +5,9 @@
 //!
 //! Why: hyper keeps an 8 KiB read and an 8 KiB write buffer per connection
 //! for as long as a request is in service, and a held request can wait for
-//! seconds, thousands at once. This loop keeps nothing of the read buffer
-//! while the handler works (the head's bytes go with the request), and
+//! seconds, thousands at once. This loop keeps no read buffer while the
+//! handler works (the head is copied out, the buffer goes back to a
+//! per-thread spare list for the next read of any connection), and
 //! allocates its write buffer only to answer. It is also less work per
 //! request: one parse into the header map, the answer's head and first body
 //! bytes in one write.
