@@ -289,7 +289,7 @@ fn framing(head: &Response<()>, head_only: bool) -> Result<Framing, String> {
         if h.contains_key(header::CONTENT_LENGTH) {
             reusable = false;
         }
-        return Ok(if forward::tokens(h, header::TRANSFER_ENCODING).last().is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+        return Ok(if forward::tokens(h, header::TRANSFER_ENCODING).last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
             Framing { kind: Kind::Chunked(Chunk::Size), reusable }
         } else {
             Framing { kind: Kind::Close, reusable: false }

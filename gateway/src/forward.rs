@@ -42,14 +42,14 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// The comma-separated tokens of every `name` field, trimmed, in order.
-pub fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
-    headers.get_all(name).into_iter().filter_map(|v| v.to_str().ok()).flat_map(|s| s.split(',')).map(str::trim)
+/// Bytes, not `str`: asked of every response, mostly of no field at all.
+pub fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+    headers.get_all(name).into_iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(<[u8]>::trim_ascii)
 }
 
 /// Whether a `name` field lists `token` (case-insensitive), e.g. `Connection: close`.
 pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    // Bytes, not `tokens`: asked of every response, mostly of no field at all.
-    headers.get_all(name).iter().any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Whether `name` may be hop-by-hop: a length check first, since most names

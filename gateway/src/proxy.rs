@@ -62,7 +62,7 @@ pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> 
 }
 
 /// HTTPS redirect for plain connections, and the SNI/Host agreement check
-/// (421) for TLS ones. Returns the `Strict-Transport-Security` value to send
+/// (421) for TLS ones (`handle` sets `X-Request-Id` on either answer). Returns the `Strict-Transport-Security` value to send
 /// (TLS only).
 fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Result<Option<HeaderValue>, Box<Response<Body>>> {
     let info = req.extensions().get::<Arc<ConnInfo>>();
@@ -81,7 +81,6 @@ fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Re
             let mut r = Response::new(Body::full("this site is served over HTTPS\n"));
             *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
             r.headers_mut().insert(header::LOCATION, location);
-            r.headers_mut().insert(request_id::NAME.clone(), rid.clone());
             return Err(Box::new(r));
         }
     }
@@ -99,7 +98,6 @@ fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Re
             gw.metrics.rejected_unrouted("misdirected");
             let msg = format!("this connection was opened for {sni}, not {name}; open a new one");
             let mut r = Refusal::new(StatusCode::MISDIRECTED_REQUEST, "misdirected", msg).into_response(req.headers(), rid);
-            r.headers_mut().insert(request_id::NAME.clone(), rid.clone());
             if let Some(v) = view.hsts.clone() {
                 r.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
             }
