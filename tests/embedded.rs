@@ -1,6 +1,8 @@
 //! Routing, headers, the catalog, admin separation, metrics and live config,
 //! driven through the real binary.
 
+mod raw;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,6 +68,41 @@ async fn forwards_identity_headers_and_keeps_request_ids() {
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["host"], "app.localhost:8080");
     assert!(seen.get("x-hop").is_none(), "headers named in Connection are hop-by-hop: {seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_solution_answer_loses_its_hop_by_hop_fields_over_http1_and_http2() {
+    let wg = Wakegate::start(&config(""));
+    // HTTP/1.1: the gateway's own loop passes the solution's head on as it came.
+    let ask = "GET /hop HTTP/1.1\r\nhost: app.localhost\r\nx-request-id: trace-7\r\n\r\n";
+    let r = raw::request(wg.public, ask.as_bytes()).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hop\n"));
+    let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
+    for gone in ["connection", "x-hop", "keep-alive"] {
+        assert!(!names.contains(&gone), "{gone} was forwarded: {names:?}");
+    }
+    let count = |name: &str| names.iter().filter(|n| **n == name).count();
+    assert_eq!((count("x-request-id"), r.header("x-request-id")), (1, "trace-7"), "the gateway's request id replaces the solution's");
+    assert_eq!((count("date"), count("content-length"), count("set-cookie")), (1, 1, 2), "{names:?}");
+    assert_eq!(r.header("x-kept"), "yes");
+    let head = Request::head("/hop").header("host", "app.localhost").body(Full::new(Bytes::new())).unwrap();
+    let r = wakegate_tests::read(wakegate_tests::send(wg.public, head).await.unwrap()).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.header("content-length"), r.body.as_str()), (200, "4", ""), "a HEAD answer keeps the length");
+
+    // HTTP/2: the same fields, from a header map.
+    let stream = tokio::net::TcpStream::connect(wg.public).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://app.localhost/hop").header("x-request-id", "trace-8").body(Full::new(Bytes::new())).unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert!(h.get("x-hop").is_none() && h.get("keep-alive").is_none(), "{h:?}");
+    assert_eq!(h.get_all("x-request-id").iter().collect::<Vec<_>>(), ["trace-8"]);
+    assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+    assert_eq!(h.get_all("date").iter().count(), 1);
+    assert_eq!(h["x-kept"], "yes");
+    assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"hop\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,7 +120,7 @@ fn http1(c: &mut Criterion) {
     c.bench_function("http1/parse solution response head", |b| {
         b.iter_batched(
             || bytes::BytesMut::from(RESPONSE_HEAD),
-            |mut buf| wakegate::direct::parse_head(&mut buf),
+            |mut buf| wakegate::direct::parse_head(&mut buf, false),
             criterion::BatchSize::SmallInput,
         )
     });

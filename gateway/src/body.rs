@@ -9,7 +9,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
-use crate::direct::DirectBody;
+use crate::direct::{DirectBody, RawHead};
 use crate::upstream::Done;
 
 /// The error of a response body.
@@ -42,6 +42,15 @@ impl Body {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let b = bytes.into();
         Body::Full((!b.is_empty()).then_some(b))
+    }
+
+    /// The solution's head fields as they came, when they travel with the
+    /// body (see [`RawHead`]); taken once.
+    pub fn take_raw_head(&mut self) -> Option<Box<RawHead>> {
+        match self {
+            Body::Direct(body) => body.take_raw_head(),
+            _ => None,
+        }
     }
 }
 

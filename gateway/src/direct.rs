@@ -106,7 +106,9 @@ pub enum Error {
 
 /// A solution's answer: its head, and the body still on the connection.
 pub struct Answer {
-    /// Status and headers (the body follows in [`DirectBody`]).
+    /// Status and headers (the body follows in [`DirectBody`]). Mostly the
+    /// solution's fields travel with the body as they came ([`RawHead`]),
+    /// and this map is left for the gateway's own.
     pub head: Response<()>,
     /// The body, read from the connection as the client takes it.
     pub body: DirectBody,
@@ -148,7 +150,10 @@ pub async fn send<B>(ep: &Endpoint, req: &Request<B>, connect_timeout: Duration)
             continue;
         }
         match read_head(&mut conn, head_only).await {
-            Ok((head, framing)) => return Ok(Answer { head, body: DirectBody { conn: Some(conn), framing, done: None } }),
+            Ok(head) => {
+                let (head, raw, framing) = head.split();
+                return Ok(Answer { head, body: DirectBody { conn: Some(conn), framing, done: None, raw } });
+            }
             Err(HeadError::Closed) if reused && idempotent => {
                 // The solution closed an idle connection as the request went out.
                 last = format!("{} closed a pooled connection", ep.addr);
@@ -189,20 +194,19 @@ enum HeadError {
 
 /// Reads the final response head (1xx informational heads are skipped) and
 /// tells how its body is framed.
-async fn read_head(conn: &mut Conn, head_only: bool) -> Result<(Response<()>, Framing), HeadError> {
+async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, HeadError> {
     let mut seen_any = false;
     loop {
         if !conn.buf.is_empty() {
             seen_any = true;
-            if let Some(head) = parse_head(&mut conn.buf).map_err(HeadError::Bad)? {
-                if head.status().is_informational() {
-                    if head.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(head) = parse_head(&mut conn.buf, head_only).map_err(HeadError::Bad)? {
+                if head.status.is_informational() {
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
                         return Err(HeadError::Bad("switched protocols without being asked to".into()));
                     }
                     continue;
                 }
-                let framing = framing(&head, head_only).map_err(HeadError::Bad)?;
-                return Ok((head, framing));
+                return Ok(head);
             }
             if conn.buf.len() >= MAX_HEAD {
                 return Err(HeadError::Bad(format!("response head larger than {MAX_HEAD} bytes")));
@@ -220,9 +224,134 @@ async fn read_head(conn: &mut Conn, head_only: bool) -> Result<(Response<()>, Fr
     }
 }
 
+/// A parsed response head.
+pub struct Head {
+    /// The status code.
+    pub status: StatusCode,
+    version: Version,
+    fields: Fields,
+    framing: Framing,
+}
+
+impl Head {
+    /// The head as a response, and the fields passed on as they came (then
+    /// the response's map is empty, with room for the gateway's fields).
+    fn split(self) -> (Response<()>, Option<Box<RawHead>>, Framing) {
+        let (map, raw) = match self.fields {
+            Fields::Raw(raw) => (HeaderMap::with_capacity(forward::ADDED_CLIENT + 1), Some(raw)),
+            Fields::Map(map) => (map, None),
+        };
+        let mut resp = Response::new(());
+        *resp.status_mut() = self.status;
+        *resp.version_mut() = self.version;
+        *resp.headers_mut() = map;
+        (resp, raw, self.framing)
+    }
+}
+
+/// The fields a solution's head passes on.
+enum Fields {
+    /// As they came (the common case).
+    Raw(Box<RawHead>),
+    /// More than [`RAW_FIELDS`]: made into a header map.
+    Map(HeaderMap),
+}
+
+/// Most fields a response head passes on as they came; a head with more
+/// takes the general way (a header map).
+const RAW_FIELDS: usize = 32;
+
+/// A solution's response head as it came, passed on line by line by the
+/// own HTTP/1.1 loop: building a header map of it, rewriting that and
+/// writing it out again was a sixth of a proxied request's instructions.
+///
+/// Hop-by-hop fields (and those `Connection` names) are already left out.
+/// The response's own header map then holds only what the gateway sets
+/// (`X-Request-Id`, HSTS), which replaces a field of the same name here.
+/// Any other way to the client (HTTP/2, hyper's server) makes it a map first
+/// ([`materialize`]).
+pub struct RawHead {
+    /// The head's bytes; the fields point into them.
+    bytes: Bytes,
+    /// The fields passed on (name offset and length, value offset and length).
+    spans: [h1::Span; RAW_FIELDS],
+    count: usize,
+    /// The body length the solution declared (`Content-Length`).
+    declared: Option<u64>,
+    /// `declared` came as a list or repeated field, left out here: the
+    /// writer states it once.
+    restate: bool,
+    /// The solution sent a `Date`.
+    has_date: bool,
+}
+
+impl RawHead {
+    /// Each field passed on: its name, and its line as it came (name, colon,
+    /// value) without the line end.
+    pub fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans[..self.count].iter().map(|&(n, nl, v, vl)| {
+            let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+            // An empty value may point before the line's own whitespace.
+            let end = if vl == 0 { n + nl + 1 } else { v + vl };
+            (&self.bytes[n..n + nl], &self.bytes[n..end])
+        })
+    }
+
+    /// The body length the fields declare, and whether the writer must state
+    /// it (it is not among [`lines`](Self::lines)).
+    pub fn declared(&self) -> (Option<u64>, bool) {
+        (self.declared, self.restate)
+    }
+
+    /// Whether the solution sent a `Date`.
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
+
+    /// The fields as a header map, with `set` (the gateway's fields) replacing
+    /// those of the same name.
+    fn merged(&self, set: HeaderMap) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.count + set.len() + 1);
+        for &(n, nl, v, vl) in &self.spans[..self.count] {
+            let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+            let name = &self.bytes[n..n + nl];
+            if set.keys().any(|k| same_name(k, name)) {
+                continue;
+            }
+            // Both were checked by the parser (the same characters as `http`'s).
+            let value =
+                if vl == 0 { Ok(HeaderValue::from_static("")) } else { HeaderValue::from_maybe_shared(self.bytes.slice(v..v + vl)) };
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), value) {
+                map.append(name, value);
+            }
+        }
+        if self.restate
+            && let Some(n) = self.declared
+        {
+            map.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        map.extend(set);
+        map
+    }
+}
+
+/// Whether the header map key `key` is the field name `name` (any case).
+pub fn same_name(key: &HeaderName, name: &[u8]) -> bool {
+    key.as_str().len() == name.len() && key.as_str().as_bytes().eq_ignore_ascii_case(name)
+}
+
+/// Makes a response's passed-on head into header map fields, for a way to
+/// the client other than the own HTTP/1.1 loop (which writes it as it came).
+pub fn materialize(resp: &mut Response<crate::body::Body>) {
+    if let Some(raw) = resp.body_mut().take_raw_head() {
+        let set = std::mem::take(resp.headers_mut());
+        *resp.headers_mut() = raw.merged(set);
+    }
+}
+
 /// Parses a complete response head at the start of `buf` and takes it off;
-/// `None` while it is incomplete. Header values share the head's bytes.
-pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, String> {
+/// `None` while it is incomplete. `head_only`: the answer to a HEAD request.
+pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, String> {
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
@@ -233,17 +362,56 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, String> {
     let code = parsed.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    if status.is_informational() {
+        let _ = buf.split_to(len);
+        let framing = Framing { kind: Kind::Length(0), reusable: false };
+        return Ok(Some(Head { status, version, fields: Fields::Map(HeaderMap::new()), framing }));
+    }
     // Where each name and value lies in the head, to slice it once frozen.
     let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
     let count = parsed.headers.len();
     h1::spans(buf, parsed.headers, &mut spans);
     let head = buf.split_to(len).freeze();
-    let headers = h1::header_map(&head, &spans[..count], forward::ADDED_CLIENT)?;
-    let mut resp = Response::new(());
-    *resp.status_mut() = status;
-    *resp.version_mut() = version;
-    *resp.headers_mut() = headers;
-    Ok(Some(resp))
+    let scan = Scan::of(&head, &spans[..count]);
+    let bodyless = head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = scan.framing(version, bodyless)?;
+    // What the client is told of the length: one valid value, stated once;
+    // none next to a transfer coding (RFC 9112 §6.3: the coding wins, and a
+    // proxy removes the length).
+    let length = scan.length.as_ref().ok().copied().flatten().filter(|_| scan.coding.is_none());
+    let restate = length.is_some() && scan.length_fields > 1;
+    // Hop-by-hop fields, those `Connection` names, and a length not passed on as it came.
+    let mut kept = 0;
+    for i in 0..count {
+        let (n, nl, _, _) = spans[i];
+        let name = &head[n as usize..(n + nl) as usize];
+        let drop = forward::is_hop_by_hop_name(name)
+            || (scan.nominates && scan.connection_names(&head, &spans[..count]).any(|t| t.eq_ignore_ascii_case(name)))
+            || (name.eq_ignore_ascii_case(b"content-length") && (scan.coding.is_some() || restate));
+        if !drop {
+            spans[kept] = spans[i];
+            kept += 1;
+        }
+    }
+    let fields = if kept <= RAW_FIELDS {
+        let mut raw = Box::new(RawHead {
+            bytes: head,
+            spans: [(0, 0, 0, 0); RAW_FIELDS],
+            count: kept,
+            declared: length,
+            restate,
+            has_date: scan.date,
+        });
+        raw.spans[..kept].copy_from_slice(&spans[..kept]);
+        Fields::Raw(raw)
+    } else {
+        let mut map = h1::header_map(&head, &spans[..kept], forward::ADDED_CLIENT + 1)?;
+        if restate && let Some(n) = length {
+            map.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        Fields::Map(map)
+    };
+    Ok(Some(Head { status, version, fields, framing }))
 }
 
 /// How a response body ends (RFC 9112 §6.3), and whether the connection can
@@ -272,47 +440,109 @@ enum Chunk {
     Trailers,
 }
 
-fn framing(head: &Response<()>, head_only: bool) -> Result<Framing, String> {
-    let h = head.headers();
-    let mut reusable = if head.version() == Version::HTTP_10 {
-        forward::has_token(h, header::CONNECTION, "keep-alive")
-    } else {
-        !forward::has_token(h, header::CONNECTION, "close")
-    };
-    let status = head.status();
-    if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Framing { kind: Kind::Length(0), reusable });
-    }
-    if h.contains_key(header::TRANSFER_ENCODING) {
-        // A length next to a transfer coding may be a smuggling attempt: the
-        // coding wins, and the connection is not used again (RFC 9112 §6.1).
-        if h.contains_key(header::CONTENT_LENGTH) {
-            reusable = false;
-        }
-        return Ok(if forward::tokens(h, header::TRANSFER_ENCODING).last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
-            Framing { kind: Kind::Chunked(Chunk::Size), reusable }
-        } else {
-            Framing { kind: Kind::Close, reusable: false }
-        });
-    }
-    let mut length = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().map_err(|_| "invalid content-length".to_string())?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("invalid content-length {part:?}"));
+/// What one pass over a response head's fields finds for framing it.
+struct Scan {
+    /// `Connection: close`, `Connection: keep-alive`.
+    close: bool,
+    keep_alive: bool,
+    /// `Connection` names other fields.
+    nominates: bool,
+    /// Whether the last transfer coding is `chunked`, if any `Transfer-Encoding` came.
+    coding: Option<bool>,
+    /// The `Content-Length`: absent, one value (a list of equal ones is one
+    /// value), or why it is unusable.
+    length: Result<Option<u64>, String>,
+    /// `Content-Length` fields and list items seen.
+    length_fields: usize,
+    date: bool,
+}
+
+impl Scan {
+    fn of(head: &[u8], spans: &[h1::Span]) -> Scan {
+        let mut s =
+            Scan { close: false, keep_alive: false, nominates: false, coding: None, length: Ok(None), length_fields: 0, date: false };
+        for &(n, nl, v, vl) in spans {
+            let name = &head[n as usize..(n + nl) as usize];
+            let value = &head[v as usize..(v + vl) as usize];
+            match name.len() {
+                4 if name.eq_ignore_ascii_case(b"date") => s.date = true,
+                10 if name.eq_ignore_ascii_case(b"connection") => {
+                    for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                        if t.eq_ignore_ascii_case(b"close") {
+                            s.close = true;
+                        } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                            s.keep_alive = true;
+                        } else if !t.is_empty() {
+                            s.nominates = true;
+                        }
+                    }
+                }
+                14 if name.eq_ignore_ascii_case(b"content-length") => {
+                    for part in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                        s.length_fields += 1;
+                        if let Ok(seen) = &s.length {
+                            s.length = match (length_value(part), *seen) {
+                                (None, _) => Err(format!("invalid content-length {:?}", String::from_utf8_lossy(part))),
+                                (Some(n), Some(l)) if l != n => Err("conflicting content-length values".into()),
+                                (Some(n), _) => Ok(Some(n)),
+                            };
+                        }
+                    }
+                }
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                    // Empty list items do not count (RFC 9110 §5.6.1).
+                    match value.split(|b| *b == b',').map(<[u8]>::trim_ascii).rfind(|t| !t.is_empty()) {
+                        Some(last) => s.coding = Some(last.eq_ignore_ascii_case(b"chunked")),
+                        None => s.coding = Some(s.coding.unwrap_or(false)),
+                    }
+                }
+                _ => {}
             }
-            let n: u64 = part.parse().map_err(|_| format!("invalid content-length {part:?}"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting content-length values".into());
-            }
-            length = Some(n);
         }
+        s
     }
-    Ok(match length {
-        Some(n) => Framing { kind: Kind::Length(n), reusable },
-        None => Framing { kind: Kind::Close, reusable: false },
-    })
+
+    /// The names `Connection` lists, other than its own options.
+    fn connection_names<'h>(&self, head: &'h [u8], spans: &'h [h1::Span]) -> impl Iterator<Item = &'h [u8]> {
+        spans
+            .iter()
+            .filter(|&&(n, nl, _, _)| head[n as usize..(n + nl) as usize].eq_ignore_ascii_case(b"connection"))
+            .flat_map(|&(_, _, v, vl)| head[v as usize..(v + vl) as usize].split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+    }
+
+    /// How the body ends (RFC 9112 §6.3), and whether the connection carries
+    /// another request after it.
+    fn framing(&self, version: Version, bodyless: bool) -> Result<Framing, String> {
+        let mut reusable = if version == Version::HTTP_10 { self.keep_alive } else { !self.close };
+        if bodyless {
+            return Ok(Framing { kind: Kind::Length(0), reusable });
+        }
+        if let Some(coding) = self.coding {
+            // A length next to a transfer coding may be a smuggling attempt: the
+            // coding wins, and the connection is not used again (RFC 9112 §6.1).
+            if self.length_fields > 0 {
+                reusable = false;
+            }
+            return Ok(if coding {
+                Framing { kind: Kind::Chunked(Chunk::Size), reusable }
+            } else {
+                Framing { kind: Kind::Close, reusable: false }
+            });
+        }
+        Ok(match self.length.clone()? {
+            Some(n) => Framing { kind: Kind::Length(n), reusable },
+            None => Framing { kind: Kind::Close, reusable: false },
+        })
+    }
+}
+
+/// A `Content-Length` list item as a number: digits only.
+fn length_value(part: &[u8]) -> Option<u64> {
+    if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(part).ok()?.parse().ok()
 }
 
 /// A solution's response body, read from its connection as the client takes it.
@@ -320,9 +550,16 @@ pub struct DirectBody {
     conn: Option<Conn>,
     framing: Framing,
     done: Option<Done>,
+    /// The head's fields, until the writer (or [`materialize`]) takes them.
+    raw: Option<Box<RawHead>>,
 }
 
 impl DirectBody {
+    /// Takes the solution's head fields passed on as they came (see [`RawHead`]).
+    pub fn take_raw_head(&mut self) -> Option<Box<RawHead>> {
+        self.raw.take()
+    }
+
     /// Attaches what runs when the body ends: the connection is pooled by it.
     pub fn with_done(mut self, done: Done) -> Self {
         self.done = Some(done);
@@ -549,8 +786,12 @@ mod tests {
     }
 
     async fn exchange(ep: &Arc<Endpoint>, req: &Request<http_body_util::Empty<Bytes>>) -> (Response<()>, Bytes, Option<HeaderMap>) {
-        let answer = send(ep, req, Duration::from_secs(1)).await.expect("an answer");
+        let mut answer = send(ep, req, Duration::from_secs(1)).await.expect("an answer");
         crate::upstream::begin(ep);
+        if let Some(raw) = answer.body.take_raw_head() {
+            let set = std::mem::take(answer.head.headers_mut());
+            *answer.head.headers_mut() = raw.merged(set);
+        }
         let body = answer.body.with_done(Done::for_test(ep.clone()));
         let collected = body.collect().await.expect("a whole body");
         let trailers = collected.trailers().cloned();
@@ -641,17 +882,82 @@ mod tests {
 
     #[test]
     fn a_head_request_or_304_has_no_body_and_te_beats_length() {
-        let resp = |raw: &'static [u8]| parse_head(&mut BytesMut::from(raw)).expect("valid").expect("complete");
-        let r = resp(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n");
-        assert_eq!(framing(&r, true).expect("framed").kind, Kind::Length(0));
-        assert_eq!(framing(&r, false).expect("framed").kind, Kind::Length(10));
-        let r = resp(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n");
-        assert_eq!(framing(&r, false).expect("framed").kind, Kind::Length(0));
-        let r = resp(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\ntransfer-encoding: chunked\r\n\r\n");
-        let f = framing(&r, false).expect("framed");
+        let framing =
+            |raw: &'static [u8], head_only| parse_head(&mut BytesMut::from(raw), head_only).expect("valid").expect("complete").framing;
+        let r = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n";
+        assert_eq!(framing(r, true).kind, Kind::Length(0));
+        assert_eq!(framing(r, false).kind, Kind::Length(10));
+        assert_eq!(framing(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n", false).kind, Kind::Length(0));
+        let f = framing(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\ntransfer-encoding: chunked\r\n\r\n", false);
         assert_eq!(f, Framing { kind: Kind::Chunked(Chunk::Size), reusable: false });
-        let r = resp(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n");
-        assert!(!framing(&r, false).expect("framed").reusable, "HTTP/1.0 without keep-alive closes");
+        let f = framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked,\r\n\r\n", false);
+        assert_eq!(f, Framing { kind: Kind::Chunked(Chunk::Size), reusable: true }, "an empty list item does not count");
+        let f = framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n", false);
+        assert_eq!(f, Framing { kind: Kind::Close, reusable: false });
+        assert!(!framing(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false).reusable, "HTTP/1.0 without keep-alive closes");
+        assert!(framing(b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 1\r\n\r\n", false).reusable);
+        assert!(!framing(b"HTTP/1.1 200 OK\r\nConnection: x, close\r\ncontent-length: 1\r\n\r\n", false).reusable);
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n", false).kind, Kind::Length(3));
+        for bad in [&b"HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"] {
+            assert!(parse_head(&mut BytesMut::from(bad), false).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// The fields a head passes on, as the own loop writes them.
+    fn passed_on(raw: &'static [u8], head_only: bool) -> (Vec<String>, (Option<u64>, bool)) {
+        let head = parse_head(&mut BytesMut::from(raw), head_only).expect("valid").expect("complete");
+        let (_, raw, _) = head.split();
+        let raw = raw.expect("passed on as it came");
+        (raw.lines().map(|(_, line)| String::from_utf8_lossy(line).into_owned()).collect(), raw.declared())
+    }
+
+    #[test]
+    fn a_head_passes_on_as_it_came_without_hop_by_hop_fields() {
+        let (lines, declared) = passed_on(
+            b"HTTP/1.1 200 OK\r\nServer: uvicorn\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\nX-Empty:\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n",
+            false,
+        );
+        assert_eq!(lines, ["Server: uvicorn", "Content-Length: 2", "X-Empty:", "Set-Cookie: a=1", "Set-Cookie: b=2"]);
+        assert_eq!(declared, (Some(2), false));
+        // The coding wins over a length, which is not passed on (RFC 9112 §6.3).
+        let (lines, declared) = passed_on(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n", false);
+        assert_eq!((lines, declared), (vec!["X-A: 1".to_string()], (None, false)));
+        // A length given twice is stated once, by the writer.
+        let (lines, declared) = passed_on(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n", false);
+        assert_eq!((lines.len(), declared), (0, (Some(3), true)));
+        // A HEAD answer keeps the length its body would have.
+        let (lines, declared) = passed_on(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true);
+        assert_eq!((lines, declared), (vec!["Content-Length: 10".to_string()], (Some(10), false)));
+    }
+
+    #[test]
+    fn the_gateway_fields_replace_the_solution_ones_in_a_map() {
+        let head =
+            parse_head(&mut BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-Request-Id: theirs\r\nX-A: 1\r\nconnection: close\r\n\r\n"[..]), false)
+                .expect("valid")
+                .expect("complete");
+        let (_, raw, framing) = head.split();
+        assert!(!framing.reusable);
+        let mut set = HeaderMap::new();
+        set.insert(crate::request_id::NAME.clone(), HeaderValue::from_static("ours"));
+        let map = raw.expect("passed on").merged(set);
+        assert_eq!(map.len(), 2);
+        assert_eq!(map["x-request-id"], "ours");
+        assert_eq!(map["x-a"], "1");
+    }
+
+    #[test]
+    fn a_head_of_many_fields_takes_a_header_map() {
+        let mut raw = b"HTTP/1.1 200 OK\r\nConnection: close\r\n".to_vec();
+        for i in 0..=RAW_FIELDS {
+            raw.extend_from_slice(format!("X-Field-{i}: {i}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        let head = parse_head(&mut BytesMut::from(&raw[..]), false).expect("valid").expect("complete");
+        let (resp, passed, _) = head.split();
+        assert!(passed.is_none());
+        assert_eq!(resp.headers().len(), RAW_FIELDS + 2, "every field but Connection");
+        assert_eq!(resp.headers()["x-field-32"], "32");
     }
 
     #[test]

@@ -61,6 +61,14 @@ fn is_hop_by_hop(name: &HeaderName) -> Option<usize> {
     }
 }
 
+/// Whether the field name `name` (as it came, any case) is hop-by-hop.
+pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    match name.len() {
+        2 | 7 | 10 | 16 | 17 | 19 => HOP_BY_HOP.iter().any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name)),
+        _ => false,
+    }
+}
+
 /// Removes hop-by-hop headers, including those named in `Connection`.
 /// With `keep_upgrade`, `Upgrade` stays and `Connection: upgrade` is set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -230,7 +238,10 @@ mod tests {
     fn every_hop_by_hop_name_passes_the_length_filter() {
         for (i, h) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(is_hop_by_hop(h), Some(i), "{h}");
+            assert!(is_hop_by_hop_name(h.as_str().to_ascii_uppercase().as_bytes()), "{h}");
         }
+        assert!(!is_hop_by_hop_name(b"Content-Type"));
+        assert!(!is_hop_by_hop_name(b"x-connection"));
         assert_eq!(is_hop_by_hop(&header::CONTENT_TYPE), None);
         assert_eq!(is_hop_by_hop(&HeaderName::from_static("x-upgrade")), None);
     }

@@ -327,6 +327,9 @@ where
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     let headers = &parts.headers;
+    // A solution's head passed on as it came: the map holds only what the
+    // gateway set, which replaces a field of the same name.
+    let raw = body.inner.take_raw_head();
     let close_asked = crate::forward::has_token(headers, header::CONNECTION, "close");
     let mut keep = meta.keep_alive && !closing && !close_asked;
     let bodyless = meta.head || status.is_informational() || status.as_u16() == 204 || status.as_u16() == 304;
@@ -336,7 +339,10 @@ where
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let declared = headers.get(header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()));
+    let declared = match &raw {
+        Some(raw) => raw.declared().0.map(Some),
+        None => headers.get(header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok())),
+    };
     let mut framing = if bodyless {
         // A HEAD answer tells the length the body would have, as hyper does.
         if meta.head
@@ -371,6 +377,20 @@ where
     if framing == Framing::Close {
         keep = false;
     }
+    if let Some(raw) = &raw {
+        for (name, line) in raw.lines() {
+            if headers.keys().any(|k| crate::direct::same_name(k, name)) {
+                continue;
+            }
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let (Some(n), true) = raw.declared() {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     for (name, value) in headers {
         // The framing is this writer's: the handler's own say on it is dropped.
         if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
@@ -381,7 +401,7 @@ where
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !raw.as_ref().is_some_and(|r| r.has_date()) && !headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
         date::with(|d| out.extend_from_slice(d));
         out.extend_from_slice(b"\r\n");

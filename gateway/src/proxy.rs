@@ -487,8 +487,8 @@ fn respond_direct(
     started: Instant,
 ) -> Response<Body> {
     let direct::Answer { mut head, body } = answer;
+    // Hop-by-hop fields were left out as the head was read.
     *head.version_mut() = Version::HTTP_11;
-    forward::to_client(head.headers_mut(), false);
     let done = Done::new(ep, (None, permit), activity, started);
     let (parts, ()) = head.into_parts();
     Response::from_parts(parts, Body::Direct(body.with_done(done)))

@@ -275,7 +275,11 @@ where
             }
             // `map`, not an `async` block: that would store the handler's
             // future twice (captured, then awaited).
-            handler(peer, req).map(move |resp| Ok::<_, Infallible>(resp.map(|b| Tracked { inner: b, _serving: serving })))
+            // hyper writes the header map: a head passed on as it came joins it.
+            handler(peer, req).map(move |mut resp| {
+                crate::direct::materialize(&mut resp);
+                Ok::<_, Infallible>(resp.map(|b| Tracked { inner: b, _serving: serving }))
+            })
         });
         // The same settings for each way of serving; hyper answers 431 itself
         // when a request head outgrows its read buffer, and a non-default

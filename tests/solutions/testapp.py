@@ -329,6 +329,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self.do_slow(query)
             if path == "/headers" and get_like:
                 return self.do_headers()
+            if path == "/hop" and get_like:
+                return self.do_hop()
             if path == "/sse" and method == "GET":
                 return self.do_sse(query)
             if path == "/ws" and method == "GET":
@@ -381,6 +383,23 @@ class Handler(BaseHTTPRequestHandler):
         data["_method"] = self.command
         data["_path"] = self.path
         self.respond_json(200, data)
+
+    def do_hop(self) -> None:
+        """An answer with hop-by-hop fields, fields in mixed case, a repeated
+        field, and an X-Request-Id of its own (the gateway's replaces it)."""
+        body = b"hop\n"
+        self.send_response(200)
+        self.send_header("Connection", "keep-alive, X-Hop")
+        self.send_header("X-Hop", "secret")
+        self.send_header("Keep-Alive", "timeout=5")
+        self.send_header("X-Request-Id", "from-the-solution")
+        self.send_header("Set-Cookie", "a=1")
+        self.send_header("Set-Cookie", "b=2")
+        self.send_header("X-Kept", "yes")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def do_status(self, code: int) -> None:
         if not 200 <= code <= 599:
