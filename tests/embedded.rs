@@ -57,7 +57,13 @@ async fn routes_by_host_and_refuses_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_identity_headers_and_keeps_request_ids() {
     let wg = Wakegate::start(&config(""));
-    let hdrs = [("x-request-id", "trace-42"), ("connection", "keep-alive, x-hop"), ("x-hop", "secret"), ("x-forwarded-for", "203.0.113.7")];
+    let hdrs = [
+        ("x-request-id", "trace-42"),
+        ("connection", "keep-alive, x-hop"),
+        ("x-hop", "secret"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-proto", "https"),
+    ];
     let r = get(wg.public, "app.localhost:8080", "/headers", &hdrs).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-request-id"), "trace-42");
@@ -65,7 +71,7 @@ async fn forwards_identity_headers_and_keeps_request_ids() {
     assert_eq!(seen["x-request-id"], "trace-42");
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "a chain from an untrusted peer is replaced, not extended");
     assert_eq!(seen["x-forwarded-host"], "app.localhost:8080");
-    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-proto"], "http", "the scheme the client used, not what it claims");
     assert_eq!(seen["host"], "app.localhost:8080");
     assert!(seen.get("x-hop").is_none(), "headers named in Connection are hop-by-hop: {seen}");
 }

@@ -637,6 +637,12 @@ async fn redirects_to_https_sends_hsts_and_refuses_misdirected_requests() -> Res
     assert_eq!(r.header("strict-transport-security"), "max-age=31536000; includeSubDomains");
     let (r, _) = https_get(tls, "nlp.aim.test", &format!("NLP.aim.test:{port}"), "/hello", &h1_client).await?;
     assert_eq!(r.status, 200, "the port and case do not matter: {r:?}");
+    // The solution learns that its client came over TLS, over either protocol.
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let (r, _) = https_get(tls, "nlp.aim.test", "nlp.aim.test", "/headers", &insecure(&[alpn])?).await?;
+        let seen: serde_json::Value = serde_json::from_str(&r.body)?;
+        assert_eq!(seen["x-forwarded-proto"], "https", "{seen}");
+    }
 
     // HTTP/1.1: the Host must be the name the connection was opened for.
     let (r, _) = https_get(tls, "nlp.aim.test", "other.aim.test", "/hello", &h1_client).await?;

@@ -96,7 +96,7 @@ fn rewrite_case(c: &mut Criterion, name: &str, make: impl Fn() -> Request<()>) {
         b.iter_batched(
             &make,
             |mut req| {
-                wakegate::forward::to_upstream(&mut req, peer, client, &host, &rid, false);
+                wakegate::forward::to_upstream(&mut req, peer, client, &host, &rid, false, false);
                 req
             },
             criterion::BatchSize::SmallInput,

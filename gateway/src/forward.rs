@@ -156,8 +156,19 @@ pub fn detach_head<B>(req: &mut Request<B>) {
 }
 
 /// Rewrites a client request for the solution: origin-form target, HTTP/1.1,
-/// `Host` kept, `X-Forwarded-*` and `X-Request-Id` set.
-pub fn to_upstream<B>(req: &mut Request<B>, peer: SocketAddr, client: Client, host: &HeaderValue, request_id: &HeaderValue, upgrade: bool) {
+/// `Host` kept, `X-Forwarded-*` and `X-Request-Id` set. `tls`: the client
+/// came over TLS (`X-Forwarded-Proto: https`, so that a solution builds
+/// `https://` links and secure cookies); a trusted proxy's own
+/// `X-Forwarded-Proto` is kept (it terminated the client's connection).
+pub fn to_upstream<B>(
+    req: &mut Request<B>,
+    peer: SocketAddr,
+    client: Client,
+    host: &HeaderValue,
+    request_id: &HeaderValue,
+    upgrade: bool,
+    tls: bool,
+) {
     let origin_form = req.uri().path_and_query().map_or("/", |p| p.as_str());
     if (req.uri().scheme().is_some() || req.uri().authority().is_some())
         && let Ok(u) = Uri::try_from(origin_form)
@@ -168,13 +179,17 @@ pub fn to_upstream<B>(req: &mut Request<B>, peer: SocketAddr, client: Client, ho
     let h = req.headers_mut();
     strip_hop_by_hop(h, upgrade);
     h.insert(header::HOST, host.clone());
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
     if client.forwarded_trusted {
         append_forwarded_for(h, peer);
+        if !h.contains_key(&X_FORWARDED_PROTO) {
+            h.insert(X_FORWARDED_PROTO.clone(), proto);
+        }
     } else {
         // From an untrusted peer, a forwarded chain is a claim, not a fact.
         h.insert(X_FORWARDED_FOR.clone(), ip_value(client.ip));
+        h.insert(X_FORWARDED_PROTO.clone(), proto);
     }
-    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     h.insert(X_FORWARDED_HOST.clone(), host.clone());
     h.insert(request_id::NAME.clone(), request_id.clone());
 }
@@ -289,12 +304,17 @@ mod tests {
         let host = HeaderValue::from_static("nlp.localhost");
         let peer: SocketAddr = "127.0.0.9:5".parse().unwrap();
         let trusted = Client { ip: "10.0.0.1".parse().unwrap(), forwarded_trusted: true };
-        to_upstream(&mut req, peer, trusted, &host, &HeaderValue::from_static("id1"), false);
+        req.headers_mut().insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        to_upstream(&mut req, peer, trusted, &host, &HeaderValue::from_static("id1"), false, false);
         assert_eq!(req.uri(), "/a?b=1");
         assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(req.headers()["x-forwarded-proto"], "https", "a trusted proxy knows the client's scheme");
         let untrusted = Client { ip: "127.0.0.9".parse().unwrap(), forwarded_trusted: false };
-        to_upstream(&mut req, peer, untrusted, &host, &HeaderValue::from_static("id1"), false);
+        to_upstream(&mut req, peer, untrusted, &host, &HeaderValue::from_static("id1"), false, false);
         assert_eq!(req.headers()["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(req.headers()["x-forwarded-proto"], "http", "an untrusted claim is replaced");
+        to_upstream(&mut req, peer, untrusted, &host, &HeaderValue::from_static("id1"), false, true);
+        assert_eq!(req.headers()["x-forwarded-proto"], "https");
         assert_eq!(req.headers()["host"], "nlp.localhost");
         assert_eq!(req.headers()["x-request-id"], "id1");
     }

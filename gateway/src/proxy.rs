@@ -204,7 +204,8 @@ fn route(
         return Err(resp);
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    forward::to_upstream(&mut req, peer, client, &host, rid, upgrade);
+    let tls = req.extensions().get::<Arc<ConnInfo>>().is_some_and(|i| i.tls);
+    forward::to_upstream(&mut req, peer, client, &host, rid, upgrade, tls);
     if sol.handle.cell.phase() != Phase::Ready {
         // Likely held: keep only its own bytes (see `detach_head`).
         forward::detach_head(&mut req);
