@@ -96,7 +96,7 @@ fn rewrite_case(c: &mut Criterion, name: &str, make: impl Fn() -> Request<()>) {
         b.iter_batched(
             &make,
             |mut req| {
-                wakegate::forward::to_upstream(&mut req, peer, client, &host, &rid, false, false);
+                wakegate::forward::to_upstream(&mut req, peer, client, &host, false, false).set(req.headers_mut(), &rid);
                 req
             },
             criterion::BatchSize::SmallInput,
@@ -129,7 +129,7 @@ fn http1(c: &mut Criterion) {
     c.bench_function("http1/encode request head", |b| {
         b.iter(|| {
             if let Some(r) = req.as_mut() {
-                wakegate::direct::encode(&mut out, black_box(r));
+                wakegate::direct::encode(&mut out, black_box(r), None);
             }
             out.len()
         })

@@ -125,7 +125,13 @@ pub fn eligible<B: http_body::Body>(req: &Request<B>, upgrade: bool) -> bool {
 /// others are sent only on a connection seen open). Every pooled connection
 /// may be tried (a restarted solution leaves them all closed), and up to
 /// [`SEND_ATTEMPTS`] new ones (as many as hyper's path tries).
-pub async fn send<B>(ep: &Endpoint, req: &Request<B>, connect_timeout: Duration) -> Result<Answer, Error> {
+/// `added`: forwarded fields to write after the request's own (see [`encode`]).
+pub async fn send<B>(
+    ep: &Endpoint,
+    req: &Request<B>,
+    added: Option<(&forward::Forwarded, &HeaderValue)>,
+    connect_timeout: Duration,
+) -> Result<Answer, Error> {
     let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE);
     let head_only = req.method() == Method::HEAD;
     let mut last = String::new();
@@ -143,7 +149,7 @@ pub async fn send<B>(ep: &Endpoint, req: &Request<B>, connect_timeout: Duration)
         if reused && !idempotent && !conn.is_open() {
             continue;
         }
-        encode(&mut conn.out, req);
+        encode(&mut conn.out, req, added);
         if let Err(e) = conn.io.write_all(&conn.out).await {
             // A request the solution could not take whole was not acted on.
             last = format!("writing to {}: {e}", ep.addr);
@@ -165,17 +171,25 @@ pub async fn send<B>(ep: &Endpoint, req: &Request<B>, connect_timeout: Duration)
 }
 
 /// Writes the request head (origin-form target, HTTP/1.1) into `out`.
-pub fn encode<B>(out: &mut Vec<u8>, req: &Request<B>) {
+/// `added`: the gateway's forwarded fields and request id, written after the
+/// request's own fields, which give way to them.
+pub fn encode<B>(out: &mut Vec<u8>, req: &Request<B>, added: Option<(&forward::Forwarded, &HeaderValue)>) {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
+        if added.is_some() && forward::Forwarded::replaces(name) {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some((fwd, id)) = added {
+        fwd.write(out, id);
     }
     // Methods that usually carry a body say it is empty: some servers answer
     // 411 to a POST without a length.
@@ -786,7 +800,7 @@ mod tests {
     }
 
     async fn exchange(ep: &Arc<Endpoint>, req: &Request<http_body_util::Empty<Bytes>>) -> (Response<()>, Bytes, Option<HeaderMap>) {
-        let mut answer = send(ep, req, Duration::from_secs(1)).await.expect("an answer");
+        let mut answer = send(ep, req, None, Duration::from_secs(1)).await.expect("an answer");
         crate::upstream::begin(ep);
         if let Some(raw) = answer.body.take_raw_head() {
             let set = std::mem::take(answer.head.headers_mut());
@@ -872,11 +886,11 @@ mod tests {
         .await;
         let pools = Pools::default();
         let ep = pools.endpoint(addr, 0);
-        assert!(matches!(send(&ep, &get("/"), Duration::from_secs(1)).await, Err(Error::Failed(_))));
-        let answer = send(&ep, &get("/"), Duration::from_secs(1)).await.expect("an answer");
+        assert!(matches!(send(&ep, &get("/"), None, Duration::from_secs(1)).await, Err(Error::Failed(_))));
+        let answer = send(&ep, &get("/"), None, Duration::from_secs(1)).await.expect("an answer");
         crate::upstream::begin(&ep);
         assert!(answer.body.with_done(Done::for_test(ep.clone())).collect().await.is_err(), "a cut body is an error");
-        assert!(matches!(send(&ep, &get("/"), Duration::from_secs(1)).await, Err(Error::Failed(_))));
+        assert!(matches!(send(&ep, &get("/"), None, Duration::from_secs(1)).await, Err(Error::Failed(_))));
         assert_eq!(ep.direct_idle.len(), 0);
     }
 
@@ -961,11 +975,28 @@ mod tests {
     }
 
     #[test]
+    fn the_forwarded_fields_replace_the_clients_in_the_head() {
+        let mut req = Request::builder().uri("/a").body(()).expect("a valid request");
+        req.headers_mut().insert(header::HOST, HeaderValue::from_static("nlp.localhost"));
+        req.headers_mut().insert("x-forwarded-for", HeaderValue::from_static("198.51.100.66"));
+        req.headers_mut().insert("x-request-id", HeaderValue::from_static("theirs"));
+        let client = crate::client::Client { ip: "127.0.0.9".parse().expect("an address"), forwarded_trusted: false };
+        let host = HeaderValue::from_static("nlp.localhost");
+        let fwd = forward::to_upstream(&mut req, "127.0.0.9:5".parse().expect("an address"), client, &host, false, false);
+        let mut out = Vec::new();
+        encode(&mut out, &req, Some((&fwd, &HeaderValue::from_static("ours"))));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "GET /a HTTP/1.1\r\nhost: nlp.localhost\r\nx-forwarded-for: 127.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: nlp.localhost\r\nx-request-id: ours\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn the_request_head_is_origin_form_http11_with_a_length_for_empty_posts() {
         let mut out = Vec::new();
         let mut req = Request::builder().method(Method::POST).uri("/embed").body(()).expect("a valid request");
         req.headers_mut().insert(header::HOST, HeaderValue::from_static("nlp.localhost"));
-        encode(&mut out, &req);
+        encode(&mut out, &req, None);
         assert_eq!(out, b"POST /embed HTTP/1.1\r\nhost: nlp.localhost\r\ncontent-length: 0\r\n\r\n");
     }
 }

@@ -155,20 +155,52 @@ pub fn detach_head<B>(req: &mut Request<B>) {
     }
 }
 
+/// What the gateway tells a solution about a request: `X-Forwarded-For`,
+/// `-Proto`, `-Host` (and `X-Request-Id`, which the request carries anyway).
+/// Set in the header map ([`Forwarded::set`]), or written into the request
+/// head after the client's fields by the gateway's own client
+/// ([`Forwarded::write`]): four fewer map inserts on the common path.
+pub struct Forwarded {
+    for_: HeaderValue,
+    proto: HeaderValue,
+    host: HeaderValue,
+}
+
+impl Forwarded {
+    /// Sets the fields (and `X-Request-Id: id`) in `h`, replacing the client's.
+    pub fn set(self, h: &mut HeaderMap, id: &HeaderValue) {
+        h.insert(X_FORWARDED_FOR.clone(), self.for_);
+        h.insert(X_FORWARDED_PROTO.clone(), self.proto);
+        h.insert(X_FORWARDED_HOST.clone(), self.host);
+        h.insert(request_id::NAME.clone(), id.clone());
+    }
+
+    /// Writes the fields (and `X-Request-Id: id`) as header lines into `out`.
+    /// The client's fields of these names are not written ([`Forwarded::replaces`]).
+    pub fn write(&self, out: &mut Vec<u8>, id: &HeaderValue) {
+        for (name, value) in
+            [(&X_FORWARDED_FOR, &self.for_), (&X_FORWARDED_PROTO, &self.proto), (&X_FORWARDED_HOST, &self.host), (&request_id::NAME, id)]
+        {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Whether a client's field of this name gives way to the gateway's.
+    pub fn replaces(name: &HeaderName) -> bool {
+        *name == X_FORWARDED_FOR || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST || *name == request_id::NAME
+    }
+}
+
 /// Rewrites a client request for the solution: origin-form target, HTTP/1.1,
-/// `Host` kept, `X-Forwarded-*` and `X-Request-Id` set. `tls`: the client
-/// came over TLS (`X-Forwarded-Proto: https`, so that a solution builds
-/// `https://` links and secure cookies); a trusted proxy's own
-/// `X-Forwarded-Proto` is kept (it terminated the client's connection).
-pub fn to_upstream<B>(
-    req: &mut Request<B>,
-    peer: SocketAddr,
-    client: Client,
-    host: &HeaderValue,
-    request_id: &HeaderValue,
-    upgrade: bool,
-    tls: bool,
-) {
+/// `Host` kept, hop-by-hop fields removed; returns the `X-Forwarded-*` fields
+/// to set. `tls`: the client came over TLS (`X-Forwarded-Proto: https`, so
+/// that a solution builds `https://` links and secure cookies); a trusted
+/// proxy's own `X-Forwarded-Proto` is kept (it terminated the client's
+/// connection), and its `X-Forwarded-For` chain extended.
+pub fn to_upstream<B>(req: &mut Request<B>, peer: SocketAddr, client: Client, host: &HeaderValue, upgrade: bool, tls: bool) -> Forwarded {
     let origin_form = req.uri().path_and_query().map_or("/", |p| p.as_str());
     if (req.uri().scheme().is_some() || req.uri().authority().is_some())
         && let Ok(u) = Uri::try_from(origin_form)
@@ -179,19 +211,14 @@ pub fn to_upstream<B>(
     let h = req.headers_mut();
     strip_hop_by_hop(h, upgrade);
     h.insert(header::HOST, host.clone());
-    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-    if client.forwarded_trusted {
-        append_forwarded_for(h, peer);
-        if !h.contains_key(&X_FORWARDED_PROTO) {
-            h.insert(X_FORWARDED_PROTO.clone(), proto);
-        }
+    let own_proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    let (for_, proto) = if client.forwarded_trusted {
+        (forwarded_for(h, peer), h.get(&X_FORWARDED_PROTO).cloned().unwrap_or(own_proto))
     } else {
         // From an untrusted peer, a forwarded chain is a claim, not a fact.
-        h.insert(X_FORWARDED_FOR.clone(), ip_value(client.ip));
-        h.insert(X_FORWARDED_PROTO.clone(), proto);
-    }
-    h.insert(X_FORWARDED_HOST.clone(), host.clone());
-    h.insert(request_id::NAME.clone(), request_id.clone());
+        (ip_value(client.ip), own_proto)
+    };
+    Forwarded { for_, proto, host: host.clone() }
 }
 
 thread_local! {
@@ -215,14 +242,13 @@ fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
     })
 }
 
-fn append_forwarded_for(h: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
-    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+/// A trusted proxy's `X-Forwarded-For` chain with `peer` (that proxy) added.
+fn forwarded_for(h: &HeaderMap, peer: SocketAddr) -> HeaderValue {
+    match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", peer.ip())).unwrap_or_else(|_| ip_value(peer.ip()))
+        }
+        _ => ip_value(peer.ip()),
     }
 }
 
@@ -305,16 +331,25 @@ mod tests {
         let peer: SocketAddr = "127.0.0.9:5".parse().unwrap();
         let trusted = Client { ip: "10.0.0.1".parse().unwrap(), forwarded_trusted: true };
         req.headers_mut().insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        to_upstream(&mut req, peer, trusted, &host, &HeaderValue::from_static("id1"), false, false);
+        let id = HeaderValue::from_static("id1");
+        to_upstream(&mut req, peer, trusted, &host, false, false).set(req.headers_mut(), &id);
         assert_eq!(req.uri(), "/a?b=1");
         assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(req.headers()["x-forwarded-proto"], "https", "a trusted proxy knows the client's scheme");
         let untrusted = Client { ip: "127.0.0.9".parse().unwrap(), forwarded_trusted: false };
-        to_upstream(&mut req, peer, untrusted, &host, &HeaderValue::from_static("id1"), false, false);
+        to_upstream(&mut req, peer, untrusted, &host, false, false).set(req.headers_mut(), &id);
         assert_eq!(req.headers()["x-forwarded-for"], "127.0.0.9");
         assert_eq!(req.headers()["x-forwarded-proto"], "http", "an untrusted claim is replaced");
-        to_upstream(&mut req, peer, untrusted, &host, &HeaderValue::from_static("id1"), false, true);
+        let fwd = to_upstream(&mut req, peer, untrusted, &host, false, true);
+        let mut out = Vec::new();
+        fwd.write(&mut out, &id);
+        assert_eq!(
+            out,
+            b"x-forwarded-for: 127.0.0.9\r\nx-forwarded-proto: https\r\nx-forwarded-host: nlp.localhost\r\nx-request-id: id1\r\n"
+        );
+        fwd.set(req.headers_mut(), &id);
         assert_eq!(req.headers()["x-forwarded-proto"], "https");
+        assert!(req.headers().keys().filter(|k| k.as_str().starts_with("x-")).all(Forwarded::replaces));
         assert_eq!(req.headers()["host"], "nlp.localhost");
         assert_eq!(req.headers()["x-request-id"], "id1");
     }

@@ -205,8 +205,19 @@ fn route(
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let tls = req.extensions().get::<Arc<ConnInfo>>().is_some_and(|i| i.tls);
-    forward::to_upstream(&mut req, peer, client, &host, rid, upgrade, tls);
-    if sol.handle.cell.phase() != Phase::Ready {
+    let fwd = forward::to_upstream(&mut req, peer, client, &host, upgrade, tls);
+    let direct = direct::eligible(&req, client_upgrade.is_some());
+    let ready = sol.handle.cell.phase() == Phase::Ready;
+    // The gateway's own client writes the forwarded fields into the head it
+    // sends; otherwise they go into the map (also before a held request's
+    // head is copied out).
+    let forwarded = if direct && ready {
+        Some(fwd)
+    } else {
+        fwd.set(req.headers_mut(), rid);
+        None
+    };
+    if !ready {
         // Likely held: keep only its own bytes (see `detach_head`).
         forward::detach_head(&mut req);
         if let Some(own) = req.headers().get(&request_id::NAME) {
@@ -217,8 +228,7 @@ fn route(
     let accept = req.headers().get(header::ACCEPT).cloned();
     let limit = BodyLimit { max: settings.max_body_size, timeout: settings.client_body_timeout };
     let req = req.map(|b| LimitedBody::new(b, limit));
-    let direct = direct::eligible(&req, client_upgrade.is_some());
-    let f = Forwarding { req, accept, client_upgrade, navigation, direct, rid: rid.clone(), started };
+    let f = Forwarding { req, forwarded, accept, client_upgrade, navigation, direct, rid: rid.clone(), started };
     let metrics_sol = sol.clone();
     Ok(forward(gw, sol, spec, f).map(move |resp| {
         metrics_sol.metrics.request(&method, resp.status().as_u16());
@@ -269,6 +279,8 @@ fn refuse(sol: &SolutionRt, r: Refusal, accept: Option<&HeaderValue>, rid: &Head
 /// A request ready to be sent to its solution, with what a refusal of it needs.
 struct Forwarding {
     req: Request<LimitedBody>,
+    /// `X-Forwarded-*` not yet in `req`'s map: the own client writes them.
+    forwarded: Option<forward::Forwarded>,
     /// The client's `Accept`, for the format of a refusal.
     accept: Option<HeaderValue>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -281,7 +293,7 @@ struct Forwarding {
 }
 
 async fn forward(gw: Arc<Gateway>, sol: Arc<SolutionRt>, spec: Arc<proto::SolutionSpec>, f: Forwarding) -> Response<Body> {
-    let Forwarding { mut req, accept, client_upgrade, navigation, direct, rid, started } = f;
+    let Forwarding { mut req, forwarded, accept, client_upgrade, navigation, direct, rid, started } = f;
     let (sol, rid) = (&sol, &rid);
     let settings = &spec.settings;
     let reply_headers = accept.as_ref();
@@ -312,7 +324,8 @@ async fn forward(gw: Arc<Gateway>, sol: Arc<SolutionRt>, spec: Arc<proto::Soluti
                 // Why the request did not reach the solution: then it is
                 // sent again (another endpoint, a new connection) or held.
                 let not_sent = if direct {
-                    let sending = direct::send(&ep, &req, settings.upstream_connect_timeout);
+                    let added = forwarded.as_ref().map(|f| (f, rid));
+                    let sending = direct::send(&ep, &req, added, settings.upstream_connect_timeout);
                     match Box::pin(tokio::time::timeout_at(until, sending)).await {
                         Ok(Ok(answer)) => return respond_direct(ep, answer, permit, activity, started),
                         Ok(Err(direct::Error::NotSent(why))) => why,
