@@ -34,7 +34,9 @@ const MAX_READ: usize = 256 * 1024;
 /// A pooled connection keeps its read buffer only up to this size.
 const KEEP_BUFFER: usize = 16 * 1024;
 
-/// One HTTP/1.1 connection to a solution endpoint.
+/// One HTTP/1.1 connection to a solution endpoint. Kept boxed for its life
+/// (pool, body, pool again): a request's answer moves a pointer, not the
+/// connection, through the futures that carry it.
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
@@ -43,8 +45,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn new(io: TcpStream) -> Self {
-        Self { io, buf: BytesMut::new(), out: Vec::new(), next_read: FIRST_READ }
+    fn new(io: TcpStream) -> Box<Self> {
+        Box::new(Self { io, buf: BytesMut::new(), out: Vec::new(), next_read: FIRST_READ })
     }
 
     /// Reads more of the response into the buffer; `Ok(0)` at the end of the stream.
@@ -83,7 +85,7 @@ impl Conn {
 
     /// Readies the connection for the pool: an unread rest means the solution
     /// sent more than it framed, and a grown buffer is not kept idle.
-    fn into_idle(mut self) -> Option<Self> {
+    fn into_idle(mut self: Box<Self>) -> Option<Box<Self>> {
         if !self.buf.is_empty() {
             return None;
         }
@@ -561,7 +563,7 @@ fn length_value(part: &[u8]) -> Option<u64> {
 
 /// A solution's response body, read from its connection as the client takes it.
 pub struct DirectBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     framing: Framing,
     done: Option<Done>,
     /// The head's fields, until the writer (or [`materialize`]) takes them.

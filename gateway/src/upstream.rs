@@ -38,7 +38,7 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     idle: ArrayQueue<Sender>,
     /// Idle connections of the gateway's own client (requests without a body).
-    pub(crate) direct_idle: ArrayQueue<direct::Conn>,
+    pub(crate) direct_idle: ArrayQueue<Box<direct::Conn>>,
 }
 
 impl Endpoint {
@@ -225,7 +225,7 @@ impl Done {
 
     /// A body read by the gateway's own client ended cleanly: `conn` goes
     /// back to the pool.
-    pub fn pool(self, conn: direct::Conn) {
+    pub fn pool(self, conn: Box<direct::Conn>) {
         let _ = self.ep.direct_idle.push(conn);
     }
 
