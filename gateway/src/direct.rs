@@ -383,12 +383,8 @@ pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, S
         let framing = Framing { kind: Kind::Length(0), reusable: false };
         return Ok(Some(Head { status, version, fields: Fields::Map(HeaderMap::new()), framing }));
     }
-    // Where each name and value lies in the head, to slice it once frozen.
-    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
-    let count = parsed.headers.len();
-    h1::spans(buf, parsed.headers, &mut spans);
-    let head = buf.split_to(len).freeze();
-    let scan = Scan::of(&head, &spans[..count]);
+    let fields: &[httparse::Header<'_>] = parsed.headers;
+    let scan = Scan::of(fields);
     let bodyless = head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = scan.framing(version, bodyless)?;
     // What the client is told of the length: one valid value, stated once;
@@ -396,32 +392,41 @@ pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, S
     // proxy removes the length).
     let length = scan.length.as_ref().ok().copied().flatten().filter(|_| scan.coding.is_none());
     let restate = length.is_some() && scan.length_fields > 1;
-    // Hop-by-hop fields, those `Connection` names, and a length not passed on as it came.
-    let mut kept = 0;
-    for i in 0..count {
-        let (n, nl, _, _) = spans[i];
-        let name = &head[n as usize..(n + nl) as usize];
+    let mut raw = Box::new(RawHead {
+        bytes: Bytes::new(),
+        spans: [(0, 0, 0, 0); RAW_FIELDS],
+        count: 0,
+        declared: length,
+        restate,
+        has_date: scan.date,
+    });
+    // Fields past RAW_FIELDS (rare): the head then takes a header map.
+    let mut more = Vec::new();
+    for f in fields {
+        let name = f.name.as_bytes();
+        // Hop-by-hop fields, those `Connection` names, and a length not passed on as it came.
         let drop = forward::is_hop_by_hop_name(name)
-            || (scan.nominates && scan.connection_names(&head, &spans[..count]).any(|t| t.eq_ignore_ascii_case(name)))
+            || (scan.nominates && connection_names(fields).any(|t| t.eq_ignore_ascii_case(name)))
             || (name.eq_ignore_ascii_case(b"content-length") && (scan.coding.is_some() || restate));
-        if !drop {
-            spans[kept] = spans[i];
-            kept += 1;
+        if drop {
+            continue;
+        }
+        // Where the name and value lie in the head, to slice it once frozen.
+        let span = h1::span(buf.as_ptr(), f);
+        if raw.count < RAW_FIELDS {
+            raw.spans[raw.count] = span;
+            raw.count += 1;
+        } else {
+            more.push(span);
         }
     }
-    let fields = if kept <= RAW_FIELDS {
-        let mut raw = Box::new(RawHead {
-            bytes: head,
-            spans: [(0, 0, 0, 0); RAW_FIELDS],
-            count: kept,
-            declared: length,
-            restate,
-            has_date: scan.date,
-        });
-        raw.spans[..kept].copy_from_slice(&spans[..kept]);
+    let head = buf.split_to(len).freeze();
+    let fields = if more.is_empty() {
+        raw.bytes = head;
         Fields::Raw(raw)
     } else {
-        let mut map = h1::header_map(&head, &spans[..kept], forward::ADDED_CLIENT + 1)?;
+        let spans: Vec<h1::Span> = raw.spans.iter().copied().chain(more).collect();
+        let mut map = h1::header_map(&head, spans.into_iter(), forward::ADDED_CLIENT + 1)?;
         if restate && let Some(n) = length {
             map.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
@@ -474,12 +479,11 @@ struct Scan {
 }
 
 impl Scan {
-    fn of(head: &[u8], spans: &[h1::Span]) -> Scan {
+    fn of(fields: &[httparse::Header<'_>]) -> Scan {
         let mut s =
             Scan { close: false, keep_alive: false, nominates: false, coding: None, length: Ok(None), length_fields: 0, date: false };
-        for &(n, nl, v, vl) in spans {
-            let name = &head[n as usize..(n + nl) as usize];
-            let value = &head[v as usize..(v + vl) as usize];
+        for f in fields {
+            let (name, value) = (f.name.as_bytes(), f.value);
             match name.len() {
                 4 if name.eq_ignore_ascii_case(b"date") => s.date = true,
                 10 if name.eq_ignore_ascii_case(b"connection") => {
@@ -518,15 +522,6 @@ impl Scan {
         s
     }
 
-    /// The names `Connection` lists, other than its own options.
-    fn connection_names<'h>(&self, head: &'h [u8], spans: &'h [h1::Span]) -> impl Iterator<Item = &'h [u8]> {
-        spans
-            .iter()
-            .filter(|&&(n, nl, _, _)| head[n as usize..(n + nl) as usize].eq_ignore_ascii_case(b"connection"))
-            .flat_map(|&(_, _, v, vl)| head[v as usize..(v + vl) as usize].split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-    }
-
     /// How the body ends (RFC 9112 §6.3), and whether the connection carries
     /// another request after it.
     fn framing(&self, version: Version, bodyless: bool) -> Result<Framing, String> {
@@ -551,6 +546,11 @@ impl Scan {
             None => Framing { kind: Kind::Close, reusable: false },
         })
     }
+}
+
+/// The tokens of every `Connection` field of a head.
+fn connection_names<'h>(fields: &'h [httparse::Header<'h>]) -> impl Iterator<Item = &'h [u8]> {
+    fields.iter().filter(|f| f.name.eq_ignore_ascii_case("connection")).flat_map(|f| f.value.split(|b| *b == b',')).map(<[u8]>::trim_ascii)
 }
 
 /// A `Content-Length` list item as a number: digits only.

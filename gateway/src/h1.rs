@@ -44,21 +44,18 @@ const COPY_MAX: usize = 16 * 1024;
 /// Where a header's name and value lie in a message head: offsets and lengths.
 pub(crate) type Span = (u32, u32, u32, u32);
 
-/// The spans of `fields`, parsed from `buf`.
-pub(crate) fn spans(buf: &[u8], fields: &[httparse::Header<'_>], out: &mut [Span]) {
-    let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-    for (span, h) in out.iter_mut().zip(fields) {
-        *span = (at(h.name.as_bytes()), h.name.len() as u32, at(h.value), h.value.len() as u32);
-    }
+/// The span of `field`, parsed from the buffer that starts at `base`.
+pub(crate) fn span(base: *const u8, field: &httparse::Header<'_>) -> Span {
+    let at = |s: &[u8]| (s.as_ptr() as usize - base as usize) as u32;
+    (at(field.name.as_bytes()), field.name.len() as u32, at(field.value), field.value.len() as u32)
 }
 
 /// The header map of a head whose fields lie at `spans`; values share its bytes.
 /// `room`: fields the gateway will add, so that adding them does not grow
 /// (and rehash) the map.
-pub(crate) fn header_map(head: &Bytes, spans: &[Span], room: usize) -> Result<HeaderMap, String> {
+pub(crate) fn header_map(head: &Bytes, spans: impl ExactSizeIterator<Item = Span>, room: usize) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::with_capacity(spans.len() + room);
-    for &(n, nl, v, vl) in spans {
+    for (n, nl, v, vl) in spans {
         let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
         let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| "invalid header name".to_string())?;
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl)).map_err(|_| format!("invalid value of {name}"))?;
@@ -134,13 +131,11 @@ fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
     }
     let base = buf.as_ptr() as usize;
     let target = (path.as_ptr() as usize - base, path.len());
-    let mut field_spans = [(0, 0, 0, 0); MAX_FIELDS];
-    let count = req.headers.len();
-    spans(buf, req.headers, &mut field_spans);
     let head = Bytes::copy_from_slice(&buf[..len]);
+    let fields = req.headers.iter().map(|f| span(buf.as_ptr(), f));
     let built = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .ok()
-        .and_then(|uri| header_map(&head, &field_spans[..count], crate::forward::ADDED_UPSTREAM).ok().map(|h| (uri, h)));
+        .and_then(|uri| header_map(&head, fields, crate::forward::ADDED_UPSTREAM).ok().map(|h| (uri, h)));
     // Else the head stays in `buf` for hyper, which answers it properly.
     let Some((uri, headers)) = built else { return Parsed::Handoff };
     buf.advance(len);
