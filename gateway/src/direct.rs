@@ -245,36 +245,24 @@ pub struct Head {
     /// The status code.
     pub status: StatusCode,
     version: Version,
-    fields: Fields,
+    /// The fields passed on (none for an informational head, which is skipped).
+    fields: Option<Box<RawHead>>,
     framing: Framing,
 }
 
 impl Head {
-    /// The head as a response, and the fields passed on as they came (then
-    /// the response's map is empty, with room for the gateway's fields).
+    /// The head as a response, and the fields passed on as they came (the
+    /// response's map is empty, with room for the gateway's fields).
     fn split(self) -> (Response<()>, Option<Box<RawHead>>, Framing) {
-        let (map, raw) = match self.fields {
-            Fields::Raw(raw) => (HeaderMap::with_capacity(forward::ADDED_CLIENT + 1), Some(raw)),
-            Fields::Map(map) => (map, None),
-        };
         let mut resp = Response::new(());
         *resp.status_mut() = self.status;
         *resp.version_mut() = self.version;
-        *resp.headers_mut() = map;
-        (resp, raw, self.framing)
+        *resp.headers_mut() = HeaderMap::with_capacity(forward::ADDED_CLIENT);
+        (resp, self.fields, self.framing)
     }
 }
 
-/// The fields a solution's head passes on.
-enum Fields {
-    /// As they came (the common case).
-    Raw(Box<RawHead>),
-    /// More than [`RAW_FIELDS`]: made into a header map.
-    Map(HeaderMap),
-}
-
-/// Most fields a response head passes on as they came; a head with more
-/// takes the general way (a header map).
+/// Fields kept in the passed-on head's own allocation; more go to a `Vec`.
 const RAW_FIELDS: usize = 32;
 
 /// A solution's response head as it came, passed on line by line by the
@@ -289,9 +277,11 @@ const RAW_FIELDS: usize = 32;
 pub struct RawHead {
     /// The head's bytes; the fields point into them.
     bytes: Bytes,
-    /// The fields passed on (name offset and length, value offset and length).
+    /// The fields passed on (name offset and length, value offset and length):
+    /// the first [`RAW_FIELDS`] here, the rest (rare) in `more`.
     spans: [h1::Span; RAW_FIELDS],
     count: usize,
+    more: Vec<h1::Span>,
     /// The body length the solution declared (`Content-Length`).
     declared: Option<u64>,
     /// `declared` came as a list or repeated field, left out here: the
@@ -305,7 +295,7 @@ impl RawHead {
     /// Each field passed on: its name, and its line as it came (name, colon,
     /// value) without the line end.
     pub fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.spans[..self.count].iter().map(|&(n, nl, v, vl)| {
+        self.spans().map(|(n, nl, v, vl)| {
             let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
             // An empty value may point before the line's own whitespace.
             let end = if vl == 0 { n + nl + 1 } else { v + vl };
@@ -324,11 +314,15 @@ impl RawHead {
         self.has_date
     }
 
+    fn spans(&self) -> impl Iterator<Item = h1::Span> {
+        self.spans[..self.count].iter().chain(&self.more).copied()
+    }
+
     /// The fields as a header map, with `set` (the gateway's fields) replacing
     /// those of the same name.
     fn merged(&self, set: HeaderMap) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.count + set.len() + 1);
-        for &(n, nl, v, vl) in &self.spans[..self.count] {
+        let mut map = HeaderMap::with_capacity(self.count + self.more.len() + set.len() + 1);
+        for (n, nl, v, vl) in self.spans() {
             let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
             let name = &self.bytes[n..n + nl];
             if set.keys().any(|k| same_name(k, name)) {
@@ -381,7 +375,7 @@ pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, S
     if status.is_informational() {
         let _ = buf.split_to(len);
         let framing = Framing { kind: Kind::Length(0), reusable: false };
-        return Ok(Some(Head { status, version, fields: Fields::Map(HeaderMap::new()), framing }));
+        return Ok(Some(Head { status, version, fields: None, framing }));
     }
     let fields: &[httparse::Header<'_>] = parsed.headers;
     let scan = Scan::of(fields);
@@ -396,12 +390,11 @@ pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, S
         bytes: Bytes::new(),
         spans: [(0, 0, 0, 0); RAW_FIELDS],
         count: 0,
+        more: Vec::new(),
         declared: length,
         restate,
         has_date: scan.date,
     });
-    // Fields past RAW_FIELDS (rare): the head then takes a header map.
-    let mut more = Vec::new();
     for f in fields {
         let name = f.name.as_bytes();
         // Hop-by-hop fields, those `Connection` names, and a length not passed on as it came.
@@ -417,22 +410,11 @@ pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, S
             raw.spans[raw.count] = span;
             raw.count += 1;
         } else {
-            more.push(span);
+            raw.more.push(span);
         }
     }
-    let head = buf.split_to(len).freeze();
-    let fields = if more.is_empty() {
-        raw.bytes = head;
-        Fields::Raw(raw)
-    } else {
-        let spans: Vec<h1::Span> = raw.spans.iter().copied().chain(more).collect();
-        let mut map = h1::header_map(&head, spans.into_iter(), forward::ADDED_CLIENT + 1)?;
-        if restate && let Some(n) = length {
-            map.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
-        Fields::Map(map)
-    };
-    Ok(Some(Head { status, version, fields, framing }))
+    raw.bytes = buf.split_to(len).freeze();
+    Ok(Some(Head { status, version, fields: Some(raw), framing }))
 }
 
 /// How a response body ends (RFC 9112 §6.3), and whether the connection can
@@ -963,17 +945,19 @@ mod tests {
     }
 
     #[test]
-    fn a_head_of_many_fields_takes_a_header_map() {
+    fn a_head_of_many_fields_passes_on_every_one() {
         let mut raw = b"HTTP/1.1 200 OK\r\nConnection: close\r\n".to_vec();
         for i in 0..=RAW_FIELDS {
             raw.extend_from_slice(format!("X-Field-{i}: {i}\r\n").as_bytes());
         }
         raw.extend_from_slice(b"Content-Length: 0\r\n\r\n");
         let head = parse_head(&mut BytesMut::from(&raw[..]), false).expect("valid").expect("complete");
-        let (resp, passed, _) = head.split();
-        assert!(passed.is_none());
-        assert_eq!(resp.headers().len(), RAW_FIELDS + 2, "every field but Connection");
-        assert_eq!(resp.headers()["x-field-32"], "32");
+        let (_, passed, _) = head.split();
+        let passed = passed.expect("passed on as it came");
+        assert_eq!(passed.lines().count(), RAW_FIELDS + 2, "every field but Connection");
+        let map = passed.merged(HeaderMap::new());
+        assert_eq!(map.len(), RAW_FIELDS + 2, "every field but Connection");
+        assert_eq!(map["x-field-32"], "32");
     }
 
     #[test]

@@ -23,14 +23,13 @@ static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Fields `to_upstream` adds to a request (`X-Forwarded-*`, `X-Request-Id`;
-/// `Host` is mostly there already): room for them when a head is parsed.
+/// Fields [`Forwarded::set`] adds to a request's map (`X-Forwarded-*`,
+/// `X-Request-Id`): room for them when a head is parsed, so that adding them
+/// does not grow (and rehash) the map.
 pub const ADDED_UPSTREAM: usize = 4;
-/// Fields the gateway adds to a response: `X-Request-Id` (over TLS also
-/// `Strict-Transport-Security`, mostly in the room of the `Connection` field
-/// that is taken off). One more would make the map of a typical answer
-/// (5 fields) twice as large: an allocation past glibc's per-thread cache.
-pub const ADDED_CLIENT: usize = 1;
+/// Fields the gateway sets on an answer whose head is passed on as it came:
+/// `X-Request-Id`, and over TLS `Strict-Transport-Security`.
+pub const ADDED_CLIENT: usize = 2;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -52,21 +51,18 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Whether `name` may be hop-by-hop: a length check first, since most names
-/// are not (and comparing a custom name is a byte comparison per candidate).
-fn is_hop_by_hop(name: &HeaderName) -> Option<usize> {
-    match name.as_str().len() {
-        2 | 7 | 10 | 16 | 17 | 19 => HOP_BY_HOP.iter().position(|h| h == name),
+/// Which hop-by-hop name `name` (any case) is, if any: a length check
+/// first, since most names are not.
+fn hop_index(name: &[u8]) -> Option<usize> {
+    match name.len() {
+        2 | 7 | 10 | 16 | 17 | 19 => HOP_BY_HOP.iter().position(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name)),
         _ => None,
     }
 }
 
 /// Whether the field name `name` (as it came, any case) is hop-by-hop.
 pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
-    match name.len() {
-        2 | 7 | 10 | 16 | 17 | 19 => HOP_BY_HOP.iter().any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name)),
-        _ => false,
-    }
+    hop_index(name).is_some()
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
@@ -76,7 +72,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // carry none or only `Connection` (which any header naming others needs).
     let mut present = [false; HOP_COUNT];
     for name in headers.keys() {
-        if let Some(i) = is_hop_by_hop(name) {
+        if let Some(i) = hop_index(name.as_str().as_bytes()) {
             present[i] = true;
         }
     }
@@ -252,12 +248,6 @@ fn forwarded_for(h: &HeaderMap, peer: SocketAddr) -> HeaderValue {
     }
 }
 
-/// Rewrites a solution's response for the client. (`X-Request-Id` is set on
-/// every answer, forwarded or not, by `proxy::handle`.)
-pub fn to_client(headers: &mut HeaderMap, switching: bool) {
-    strip_hop_by_hop(headers, switching);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,13 +268,13 @@ mod tests {
     #[test]
     fn every_hop_by_hop_name_passes_the_length_filter() {
         for (i, h) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(is_hop_by_hop(h), Some(i), "{h}");
+            assert_eq!(hop_index(h.as_str().as_bytes()), Some(i), "{h}");
             assert!(is_hop_by_hop_name(h.as_str().to_ascii_uppercase().as_bytes()), "{h}");
         }
         assert!(!is_hop_by_hop_name(b"Content-Type"));
         assert!(!is_hop_by_hop_name(b"x-connection"));
-        assert_eq!(is_hop_by_hop(&header::CONTENT_TYPE), None);
-        assert_eq!(is_hop_by_hop(&HeaderName::from_static("x-upgrade")), None);
+        assert_eq!(hop_index(header::CONTENT_TYPE.as_str().as_bytes()), None);
+        assert_eq!(hop_index(b"x-upgrade"), None);
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> 
     let started = Instant::now();
     let mut rid = request_id::of(req.headers());
     let (hsts, routed) = match connection_checks(&gw, &req, &rid) {
-        Ok(hsts) => (hsts, route(gw, peer, req, &mut rid, started)),
+        Ok((tls, hsts)) => (hsts, route(gw, peer, req, tls, &mut rid, started)),
         Err(resp) => (None, Err(*resp)),
     };
     let routed = match routed {
@@ -61,10 +61,13 @@ pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> 
     })
 }
 
+/// Whether the connection is TLS, and the `Strict-Transport-Security` value
+/// to send (TLS only).
+type Checked = (bool, Option<HeaderValue>);
+
 /// HTTPS redirect for plain connections, and the SNI/Host agreement check
-/// (421) for TLS ones (`handle` sets `X-Request-Id` on either answer). Returns the `Strict-Transport-Security` value to send
-/// (TLS only).
-fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Result<Option<HeaderValue>, Box<Response<Body>>> {
+/// (421) for TLS ones (`handle` sets `X-Request-Id` on either answer).
+fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Result<Checked, Box<Response<Body>>> {
     let info = req.extensions().get::<Arc<ConnInfo>>();
     let is_tls = info.is_some_and(|i| i.tls);
     let view = gw.tls.load();
@@ -104,7 +107,7 @@ fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Re
             return Err(Box::new(r));
         }
     }
-    Ok(if is_tls { view.hsts.clone() } else { None })
+    Ok((is_tls, if is_tls { view.hsts.clone() } else { None }))
 }
 
 /// The host the request is for, as sent: the target's authority, else `Host`.
@@ -130,6 +133,7 @@ fn route(
     gw: Arc<Gateway>,
     peer: SocketAddr,
     mut req: Request<RequestBody>,
+    tls: bool,
     rid: &mut HeaderValue,
     started: Instant,
 ) -> Result<impl Future<Output = Response<Body>> + Send + 'static + use<>, Response<Body>> {
@@ -204,7 +208,6 @@ fn route(
         return Err(resp);
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let tls = req.extensions().get::<Arc<ConnInfo>>().is_some_and(|i| i.tls);
     let fwd = forward::to_upstream(&mut req, peer, client, &host, upgrade, tls);
     let direct = direct::eligible(&req, client_upgrade.is_some());
     let ready = sol.handle.cell.phase() == Phase::Ready;
@@ -472,7 +475,8 @@ fn respond(
     // solution answered with (an HTTP/1.0 server must not downgrade the client).
     *response.version_mut() = Version::HTTP_11;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    forward::to_client(response.headers_mut(), switching);
+    // (`X-Request-Id` is set on every answer by `handle`.)
+    forward::strip_hop_by_hop(response.headers_mut(), switching);
     if switching {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let stream = activity.into_stream();
