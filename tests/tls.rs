@@ -642,6 +642,8 @@ async fn redirects_to_https_sends_hsts_and_refuses_misdirected_requests() -> Res
         let (r, _) = https_get(tls, "nlp.aim.test", "nlp.aim.test", "/headers", &insecure(&[alpn])?).await?;
         let seen: serde_json::Value = serde_json::from_str(&r.body)?;
         assert_eq!(seen["x-forwarded-proto"], "https", "{seen}");
+        assert_eq!(r.header("strict-transport-security"), "max-age=31536000; includeSubDomains", "{alpn:?}");
+        assert_eq!(r.header("x-request-id").len(), 16, "{alpn:?}: {r:?}");
     }
 
     // HTTP/1.1: the Host must be the name the connection was opened for.

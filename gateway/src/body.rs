@@ -52,6 +52,14 @@ impl Body {
             _ => None,
         }
     }
+
+    /// The solution's head fields, while they travel with the body.
+    pub fn raw_head_mut(&mut self) -> Option<&mut RawHead> {
+        match self {
+            Body::Direct(body) => body.raw_head_mut(),
+            _ => None,
+        }
+    }
 }
 
 impl http_body::Body for Body {

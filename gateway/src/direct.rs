@@ -273,7 +273,9 @@ const RAW_FIELDS: usize = 32;
 /// The response's own header map then holds only what the gateway sets
 /// (`X-Request-Id`, HSTS), which replaces a field of the same name here.
 /// Any other way to the client (HTTP/2, hyper's server) makes it a map first
-/// ([`materialize`]).
+/// ([`materialize`]). The gateway's `X-Request-Id` and HSTS travel here too
+/// ([`RawHead::set_own`]): the response's map then stays empty, no
+/// allocation per answer.
 pub struct RawHead {
     /// The head's bytes; the fields point into them.
     bytes: Bytes,
@@ -289,7 +291,13 @@ pub struct RawHead {
     restate: bool,
     /// The solution sent a `Date`.
     has_date: bool,
+    /// The gateway's `X-Request-Id` and `Strict-Transport-Security`: they
+    /// replace a field of the same name.
+    own: [Option<HeaderValue>; 2],
 }
+
+/// The names of [`RawHead`]'s own fields, in its order.
+static OWN_NAMES: [HeaderName; 2] = [HeaderName::from_static(crate::request_id::HEADER), header::STRICT_TRANSPORT_SECURITY];
 
 impl RawHead {
     /// Each field passed on: its name, and its line as it came (name, colon,
@@ -314,13 +322,31 @@ impl RawHead {
         self.has_date
     }
 
+    /// Sets the gateway's own fields: the request id, and HSTS (TLS only).
+    pub fn set_own(&mut self, request_id: HeaderValue, hsts: Option<HeaderValue>) {
+        self.own = [Some(request_id), hsts];
+    }
+
+    /// The gateway's own fields set.
+    pub fn own(&self) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> {
+        OWN_NAMES.iter().zip(&self.own).filter_map(|(n, v)| v.as_ref().map(|v| (n, v)))
+    }
+
+    /// Whether an own field replaces the solution's field `name`.
+    pub fn replaced(&self, name: &[u8]) -> bool {
+        self.own().any(|(n, _)| same_name(n, name))
+    }
+
     fn spans(&self) -> impl Iterator<Item = h1::Span> {
         self.spans[..self.count].iter().chain(&self.more).copied()
     }
 
-    /// The fields as a header map, with `set` (the gateway's fields) replacing
-    /// those of the same name.
-    fn merged(&self, set: HeaderMap) -> HeaderMap {
+    /// The fields as a header map, with `set` and the own fields (the
+    /// gateway's) replacing those of the same name.
+    fn merged(&self, mut set: HeaderMap) -> HeaderMap {
+        for (name, value) in self.own() {
+            set.insert(name.clone(), value.clone());
+        }
         let mut map = HeaderMap::with_capacity(self.count + self.more.len() + set.len() + 1);
         for (n, nl, v, vl) in self.spans() {
             let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
@@ -394,6 +420,7 @@ pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, S
         declared: length,
         restate,
         has_date: scan.date,
+        own: [None, None],
     });
     for f in fields {
         let name = f.name.as_bytes();
@@ -556,6 +583,11 @@ impl DirectBody {
     /// Takes the solution's head fields passed on as they came (see [`RawHead`]).
     pub fn take_raw_head(&mut self) -> Option<Box<RawHead>> {
         self.raw.take()
+    }
+
+    /// The solution's head fields, while they travel with the body.
+    pub fn raw_head_mut(&mut self) -> Option<&mut RawHead> {
+        self.raw.as_deref_mut()
     }
 
     /// Attaches what runs when the body ends: the connection is pooled by it.
@@ -942,6 +974,31 @@ mod tests {
         assert_eq!(map.len(), 2);
         assert_eq!(map["x-request-id"], "ours");
         assert_eq!(map["x-a"], "1");
+    }
+
+    #[test]
+    fn the_own_fields_replace_the_solution_ones_as_lines_and_in_a_map() {
+        let bytes = b"HTTP/1.1 200 OK\r\nX-Request-Id: theirs\r\nStrict-Transport-Security: max-age=1\r\nX-A: 1\r\n\r\n";
+        let head = parse_head(&mut BytesMut::from(&bytes[..]), false).expect("valid").expect("complete");
+        let (_, raw, _) = head.split();
+        let mut raw = raw.expect("passed on");
+        // Without HSTS (a plain connection) the solution's own stays.
+        raw.set_own(HeaderValue::from_static("ours"), None);
+        let kept: Vec<&[u8]> = raw.lines().filter(|(n, _)| !raw.replaced(n)).map(|(_, l)| l).collect();
+        assert_eq!(kept, [&b"Strict-Transport-Security: max-age=1"[..], b"X-A: 1"]);
+        raw.set_own(HeaderValue::from_static("ours"), Some(HeaderValue::from_static("max-age=2")));
+        assert!(raw.lines().all(|(n, _)| !n.eq_ignore_ascii_case(b"x-a") || !raw.replaced(n)));
+        assert_eq!(raw.lines().filter(|(n, _)| raw.replaced(n)).count(), 2);
+        let own: Vec<(&str, &HeaderValue)> = raw.own().map(|(n, v)| (n.as_str(), v)).collect();
+        assert_eq!(
+            own,
+            [("x-request-id", &HeaderValue::from_static("ours")), ("strict-transport-security", &HeaderValue::from_static("max-age=2"))]
+        );
+        let map = raw.merged(HeaderMap::new());
+        assert_eq!(
+            (map.len(), &map["x-request-id"], &map["strict-transport-security"], &map["x-a"]),
+            (3, &HeaderValue::from_static("ours"), &HeaderValue::from_static("max-age=2"), &HeaderValue::from_static("1"))
+        );
     }
 
     #[test]

@@ -374,10 +374,16 @@ where
     }
     if let Some(raw) = &raw {
         for (name, line) in raw.lines() {
-            if headers.keys().any(|k| crate::direct::same_name(k, name)) {
+            if raw.replaced(name) || headers.keys().any(|k| crate::direct::same_name(k, name)) {
                 continue;
             }
             out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+        for (name, value) in raw.own() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         if let (Some(n), true) = raw.declared() {

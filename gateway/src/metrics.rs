@@ -165,8 +165,8 @@ impl Metrics {
             ready: self.ready.get_or_create(&label).clone(),
             requests: self.requests.clone(),
             rejected: self.rejected.clone(),
-            request_cache: DashMap::new(),
-            reject_cache: DashMap::new(),
+            request_cache: DashMap::default(),
+            reject_cache: DashMap::default(),
             label,
         }
     }
@@ -243,8 +243,10 @@ pub struct SolutionMetrics {
     pub ready: Gauge,
     requests: Family<RequestLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
-    request_cache: DashMap<(Method, u16), Counter>,
-    reject_cache: DashMap<&'static str, Counter>,
+    // Looked up on every request: keys from a small fixed set (method, status
+    // code; reasons), so a fast hash rather than SipHash.
+    request_cache: DashMap<(Method, u16), Counter, foldhash::fast::RandomState>,
+    reject_cache: DashMap<&'static str, Counter, foldhash::fast::RandomState>,
 }
 
 impl SolutionMetrics {

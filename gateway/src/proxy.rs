@@ -53,6 +53,11 @@ pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> 
         Err(resp) => Either::Left(ready(resp)),
     };
     routed.map(move |mut resp| {
+        // A solution's head passed on as it came carries them (no map needed).
+        if let Some(raw) = resp.body_mut().raw_head_mut() {
+            raw.set_own(rid, hsts);
+            return resp;
+        }
         if let Some(v) = hsts {
             resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
         }

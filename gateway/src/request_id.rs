@@ -24,6 +24,16 @@ pub fn of(headers: &HeaderMap) -> HeaderValue {
     generate()
 }
 
+/// Ids cut from one buffer per thread, [`PER_CHUNK`] at a time: an id costs
+/// no allocation of its own, and its clones (the answer's field, the copy
+/// sent upstream) only count references. A buffer is freed once the last id
+/// cut from it is gone.
+const PER_CHUNK: usize = 64;
+
+thread_local! {
+    static CHUNK: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
 /// A fresh id.
 pub fn generate() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -33,7 +43,15 @@ pub fn generate() -> HeaderValue {
         *b = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
+    let id = CHUNK.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.capacity() < out.len() {
+            *c = bytes::BytesMut::with_capacity(out.len() * PER_CHUNK);
+        }
+        c.extend_from_slice(&out);
+        c.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -50,5 +68,13 @@ mod tests {
         h.insert(HEADER, HeaderValue::from_str(&"x".repeat(200)).unwrap_or(HeaderValue::from_static("")));
         assert_eq!(of(&h).len(), 16);
         assert_ne!(generate(), generate());
+    }
+
+    #[test]
+    fn generated_ids_are_distinct_hex_across_chunks() {
+        let ids: Vec<HeaderValue> = (0..PER_CHUNK * 3 + 5).map(|_| generate()).collect();
+        let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(distinct.len(), ids.len());
+        assert!(ids.iter().all(|v| v.len() == 16 && v.as_bytes().iter().all(u8::is_ascii_hexdigit)), "{:?}", &ids[..3]);
     }
 }

@@ -23,7 +23,9 @@ pub enum Target<'a> {
 /// The routing table; replaced whole when the config changes.
 pub struct Routes {
     base: String,
-    by_name: HashMap<Box<str>, Arc<SolutionRt>>,
+    /// Keys from the config, looked up on every request: a fast hash rather
+    /// than SipHash (a client's host only reads the table, never adds to it).
+    by_name: HashMap<Box<str>, Arc<SolutionRt>, foldhash::fast::RandomState>,
     /// Solutions in config order (catalog, status).
     pub list: Vec<Arc<SolutionRt>>,
 }

@@ -306,7 +306,7 @@ where
                 let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                 h2_settings!(b);
                 let served = Box::pin(b.serve_connection(TokioIo::new(io), svc));
-                self.drive(served, |c| c.graceful_shutdown(), &conn, peer, drain).await;
+                self.drive(served, Some(|c| c.graceful_shutdown()), &conn, peer, drain).await;
             }
             // HTTP/1 (or not known yet): the gateway's own loop serves
             // requests without a body; hyper takes over at the first other
@@ -341,7 +341,8 @@ where
                     }
                     hyper_conn.await
                 });
-                self.drive(served, |_| {}, &conn, peer, drain).await;
+                // The loop (and hyper after it) watches the stop itself.
+                self.drive(served, None, &conn, peer, drain).await;
             }
         }
     }
@@ -349,8 +350,11 @@ where
     /// Runs a connection while its watchdog looks at it: a request head that
     /// takes too long gets 408 (HTTP/1) and the connection closed; an idle one
     /// is closed quietly. When the listener stops, `shutdown` asks hyper to
-    /// finish what is in progress and close.
-    async fn drive<C, E>(&self, mut served: Pin<Box<C>>, shutdown: impl Fn(Pin<&mut C>), conn: &Conn, peer: SocketAddr, mut drain: Drain)
+    /// finish what is in progress and close; `None`: `served` watches the
+    /// stop itself. (Every branch here is polled at every wake-up of the
+    /// connection, several per request: a stop watched twice costs a lock
+    /// each time.)
+    async fn drive<C, E>(&self, mut served: Pin<Box<C>>, shutdown: Option<fn(Pin<&mut C>)>, conn: &Conn, peer: SocketAddr, mut drain: Drain)
     where
         C: Future<Output = Result<(), E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -365,6 +369,7 @@ where
                 other => break other,
             };
             tokio::select! {
+                biased;
                 r = served.as_mut() => {
                     if let Err(e) = r {
                         let e: Box<dyn std::error::Error + Send + Sync> = e.into();
@@ -372,8 +377,10 @@ where
                     }
                     return;
                 }
-                _ = stopped(&mut drain.stop), if !stopping => {
-                    shutdown(served.as_mut());
+                _ = stopped(&mut drain.stop), if !stopping && shutdown.is_some() => {
+                    if let Some(shutdown) = shutdown {
+                        shutdown(served.as_mut());
+                    }
                     stopping = true;
                 }
                 _ = tokio::time::sleep_until(check.into()) => {}
