@@ -180,6 +180,13 @@ impl Wakegate {
         item["phase"].as_str().unwrap_or("absent").to_string()
     }
 
+    /// Sends SIGKILL (no chance to stop its solutions) and waits for the exit.
+    pub fn kill(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        child.wait().expect("wait for wakegate")
+    }
+
     /// Sends SIGTERM and waits (up to `timeout`) for the exit.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");

@@ -219,6 +219,18 @@ async fn sigterm_lets_a_slow_request_finish_and_leaves_no_child() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_solution_does_not_outlive_a_gateway_killed_by_sigkill() {
+    let mut wg = Wakegate::start(&one("", ""));
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    let pid = wg.starts()[0];
+    let addr = wg.public;
+    let status = tokio::task::block_in_place(|| wg.kill());
+    assert!(!status.success(), "{status:?}");
+    assert!(eventually(Duration::from_secs(5), || async { !alive(pid) }).await, "the solution (pid {pid}) lingers; log:\n{}", wg.log());
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_released_after_a_wake_are_paced_by_the_concurrency_limit() {
     let wg = Wakegate::start(&one("--startup-delay 1", "max-concurrent-requests = 2"));
     let addr = wg.public;

@@ -1,11 +1,17 @@
 //! One running solution process: spawned in its own process group (so its
 //! children are signalled too), its output forwarded to the log, the tail of
 //! its stderr kept for failure reports, stopped with SIGTERM then SIGKILL.
+//! Should wakegate itself die without stopping it (SIGKILL, a crash, the OOM
+//! killer), the kernel sends it SIGKILL too: it is started through
+//! util-linux's `setpriv --pdeathsig KILL` where that exists (the parent-death
+//! signal must be set between fork and exec, which std offers only through
+//! `unsafe`).
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -35,7 +41,20 @@ impl Running {
         let port_s = port.to_string();
         let argv: Vec<String> = spec.argv.iter().map(|a| a.replace("{port}", &port_s)).collect();
         let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
-        let mut cmd = Command::new(program);
+        let mut cmd = match setpriv() {
+            Some(setpriv) => {
+                // A missing program stays an error of this call, as without the
+                // wrapper (not a start that fails with setpriv's exit code).
+                let path = spec.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.into()).or_else(|| std::env::var_os("PATH"));
+                if find_program(program, &spec.cwd, path.as_deref()).is_none() {
+                    return Err(std::io::Error::from(nix::errno::Errno::ENOENT));
+                }
+                let mut cmd = Command::new(setpriv);
+                cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        };
         cmd.args(args)
             .current_dir(&spec.cwd)
             .env("PORT", &port_s)
@@ -97,6 +116,32 @@ impl Running {
     }
 }
 
+/// util-linux's `setpriv`, if installed (looked up once).
+fn setpriv() -> Option<&'static Path> {
+    static SETPRIV: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SETPRIV
+        .get_or_init(|| {
+            let found = find_program("setpriv", Path::new("/"), std::env::var_os("PATH").as_deref());
+            if found.is_none() {
+                tracing::warn!("setpriv (util-linux) not found: solutions would outlive a wakegate killed by SIGKILL");
+            }
+            found
+        })
+        .as_deref()
+}
+
+/// Where `program` would be run from in `cwd`: as given if it names a path,
+/// else the first match on `path` (the child's `PATH`), as `execvp` looks.
+fn find_program(program: &str, cwd: &Path, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let p = cwd.join(program);
+        return runnable(&p).then_some(p);
+    }
+    std::env::split_paths(path?).map(|dir| cwd.join(dir).join(program)).find(|p| runnable(p))
+}
+
 /// A free loopback port (the OS picks one; a small race with other binders is
 /// possible and shows up as a failed start, which is retried).
 fn free_port() -> std::io::Result<u16> {
@@ -114,5 +159,29 @@ async fn forward(solution: String, stream: &'static str, out: impl AsyncRead + U
             }
             t.push_back(line);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_found_as_execvp_finds_them() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("mkdir");
+        let tool = bin.join("tool");
+        std::fs::write(&tool, "#!/bin/sh\n").expect("write");
+        let path = std::ffi::OsString::from("/nonexistent:bin");
+        // Not runnable yet: not found.
+        assert_eq!(find_program("tool", dir.path(), Some(path.as_os_str())), None);
+        std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        // A relative PATH entry counts from the child's directory.
+        assert_eq!(find_program("tool", dir.path(), Some(path.as_os_str())), Some(dir.path().join("bin").join("tool")));
+        assert_eq!(find_program("./bin/tool", dir.path(), None), Some(dir.path().join("./bin/tool")));
+        assert_eq!(find_program("missing", dir.path(), Some(path.as_os_str())), None);
+        assert_eq!(find_program("tool", dir.path(), None), None, "no PATH, no search");
+        assert_eq!(find_program("bin", dir.path(), Some(std::ffi::OsStr::new("."))), None, "a directory is no program");
     }
 }
