@@ -285,18 +285,18 @@ where
         // when a request head outgrows its read buffer, and a non-default
         // header count makes it allocate headers on the heap: only when asked.
         macro_rules! h1_settings {
-            ($b:expr) => {{
-                $b.timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(opts.max_header_size);
-                if opts.max_headers != proto::settings::DEFAULT_MAX_HEADERS as usize {
-                    $b.max_headers(opts.max_headers);
+            ($b:expr, $opts:expr) => {{
+                $b.timer(TokioTimer::new()).header_read_timeout(None).max_buf_size($opts.max_header_size);
+                if $opts.max_headers != proto::settings::DEFAULT_MAX_HEADERS as usize {
+                    $b.max_headers($opts.max_headers);
                 }
             }};
         }
         macro_rules! h2_settings {
-            ($b:expr) => {{
+            ($b:expr, $opts:expr) => {{
                 $b.timer(TokioTimer::new())
-                    .max_concurrent_streams(opts.h2_max_streams)
-                    .max_header_list_size(u32::try_from(opts.max_header_size).unwrap_or(u32::MAX))
+                    .max_concurrent_streams($opts.h2_max_streams)
+                    .max_header_list_size(u32::try_from($opts.max_header_size).unwrap_or(u32::MAX))
                     .max_pending_accept_reset_streams(Some(20))
                     .max_local_error_reset_streams(Some(256));
             }};
@@ -304,9 +304,17 @@ where
         match proto {
             Proto::H2 => {
                 let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                h2_settings!(b);
-                let served = Box::pin(b.serve_connection(TokioIo::new(io), svc));
-                self.drive(served, Some(|c| c.graceful_shutdown()), &conn, peer, drain).await;
+                h2_settings!(b, opts);
+                let mut stop = drain.stop.clone();
+                let served = async move {
+                    let mut served = std::pin::pin!(b.serve_connection(TokioIo::new(io), svc));
+                    tokio::select! {
+                        r = served.as_mut() => return r,
+                        _ = stopped(&mut stop) => served.as_mut().graceful_shutdown(),
+                    }
+                    served.await
+                };
+                self.drive(tokio::spawn(served), &conn, peer, drain).await;
             }
             // HTTP/1 (or not known yet): the gateway's own loop serves
             // requests without a body; hyper takes over at the first other
@@ -315,7 +323,7 @@ where
                 let mut stop = drain.stop.clone();
                 let handler = self.handler.clone();
                 let (own_conn, opts) = (conn.clone(), opts.clone());
-                let served = Box::pin(async move {
+                let served = async move {
                     let own = h1::Service {
                         handler: &handler,
                         peer,
@@ -332,35 +340,36 @@ where
                     // this future, its connection would make every
                     // connection's state several KiB larger.
                     let mut b = auto::Builder::new(TokioExecutor::new());
-                    h1_settings!(b.http1());
-                    h2_settings!(b.http2());
+                    h1_settings!(b.http1(), opts);
+                    h2_settings!(b.http2(), opts);
                     let mut hyper_conn = Box::pin(b.serve_connection_with_upgrades(TokioIo::new(h1::Rewind::new(io, read)), svc));
                     tokio::select! {
                         r = hyper_conn.as_mut() => return r,
                         _ = stopped(&mut stop) => hyper_conn.as_mut().graceful_shutdown(),
                     }
                     hyper_conn.await
-                });
-                // The loop (and hyper after it) watches the stop itself.
-                self.drive(served, None, &conn, peer, drain).await;
+                };
+                self.drive(tokio::spawn(served), &conn, peer, drain).await;
             }
         }
     }
 
     /// Runs a connection while its watchdog looks at it: a request head that
     /// takes too long gets 408 (HTTP/1) and the connection closed; an idle one
-    /// is closed quietly. When the listener stops, `shutdown` asks hyper to
-    /// finish what is in progress and close; `None`: `served` watches the
-    /// stop itself. (Every branch here is polled at every wake-up of the
-    /// connection, several per request: a stop watched twice costs a lock
-    /// each time.)
-    async fn drive<C, E>(&self, mut served: Pin<Box<C>>, shutdown: Option<fn(Pin<&mut C>)>, conn: &Conn, peer: SocketAddr, mut drain: Drain)
+    /// is closed quietly. `served` watches the listener's stop itself.
+    ///
+    /// `served` runs as a task of its own (spawned by the caller: taken here
+    /// by value, the future would be part of this one's state too), and this
+    /// one wakes only at the watchdog's deadlines and at the end: in one
+    /// task, the watchdog's timer would be polled again at every wake-up of
+    /// the connection, several per request. `_drain` is held until the
+    /// connection is gone.
+    async fn drive<E>(&self, served: tokio::task::JoinHandle<Result<(), E>>, conn: &Conn, peer: SocketAddr, _drain: Drain)
     where
-        C: Future<Output = Result<(), E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let opts = &self.opts;
-        let mut stopping = false;
+        let mut served = Served(served);
         let expiry = loop {
             let check = match conn.expiry(opts.header_timeout, opts.keepalive) {
                 // A request head may start at any moment while we sleep towards the
@@ -370,23 +379,23 @@ where
             };
             tokio::select! {
                 biased;
-                r = served.as_mut() => {
-                    if let Err(e) = r {
-                        let e: Box<dyn std::error::Error + Send + Sync> = e.into();
-                        self.on_error(peer, &*e);
+                r = &mut served.0 => {
+                    match r {
+                        Ok(Err(e)) => {
+                            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                            self.on_error(peer, &*e);
+                        }
+                        Err(e) if e.is_panic() => tracing::error!(%peer, "connection task panicked: {e}"),
+                        Ok(Ok(())) | Err(_) => {}
                     }
                     return;
-                }
-                _ = stopped(&mut drain.stop), if !stopping && shutdown.is_some() => {
-                    if let Some(shutdown) = shutdown {
-                        shutdown(served.as_mut());
-                    }
-                    stopping = true;
                 }
                 _ = tokio::time::sleep_until(check.into()) => {}
             }
         };
-        drop(served);
+        // Gone before the 408 is written: nothing else writes to the socket.
+        served.0.abort();
+        let _ = (&mut served.0).await;
         if expiry == Expiry::HeaderTimeout {
             tracing::info!(client = %peer.ip(), "request head not received within {:?}: 408", opts.header_timeout);
             self.policy.rejected("client_timeout");
@@ -411,6 +420,16 @@ where
             }
         }
         tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// A connection's task, stopped when its watchdog is dropped (the listener's
+/// tasks end at shutdown) as much as when it expires.
+struct Served<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Served<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
