@@ -22,6 +22,8 @@ pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 pub struct Conn {
     stream: TcpStream,
     epoch: Instant,
+    /// `epoch` by [`crate::clock::monotonic`].
+    coarse_epoch: Duration,
     /// Milliseconds since `epoch` of the last byte read or written.
     last_activity: AtomicU64,
     /// Bytes read since the last write: a request head in progress.
@@ -50,6 +52,7 @@ impl Conn {
         Arc::new(Self {
             stream,
             epoch: Instant::now(),
+            coarse_epoch: crate::clock::monotonic(),
             last_activity: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
@@ -63,7 +66,16 @@ impl Conn {
         &self.stream
     }
 
+    /// Milliseconds since `epoch`, by the coarse clock: read at every read
+    /// and write, within a tick of [`Self::precise_ms`].
     fn now_ms(&self) -> u64 {
+        u64::try_from(crate::clock::monotonic().saturating_sub(self.coarse_epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Milliseconds since `epoch`: for the watchdog, which sleeps until an
+    /// `Instant` (by the coarse clock it could wake a tick early, find
+    /// nothing due yet, and wake again at once until the clock ticks).
+    fn precise_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
@@ -107,7 +119,7 @@ impl Conn {
     /// than `header_timeout` (HTTP/1 only), or no activity at all for
     /// `keepalive` while nothing is being served.
     pub fn expiry(&self, header_timeout: Duration, keepalive: Duration) -> Expiry {
-        let now = self.now_ms();
+        let now = self.precise_ms();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         if self.in_service.load(Ordering::Relaxed) > 0 {
             return Expiry::Wait(self.at(now.saturating_add(ms(keepalive))));

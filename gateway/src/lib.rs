@@ -7,6 +7,7 @@ pub mod app;
 pub mod body;
 pub mod catalog;
 pub mod client;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod conn;

@@ -276,8 +276,8 @@ impl SolutionMetrics {
 
     /// Marks activity now (start or end of a request).
     pub fn touch(&self) {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        self.last_request.set(now.as_secs_f64());
+        // Twice per request; a tick's precision is plenty for idle minutes.
+        self.last_request.set(crate::clock::unix().as_secs_f64());
     }
 
     /// Requests in flight + held + open streams.
