@@ -12,16 +12,18 @@ use nix::time::{ClockId, clock_gettime};
 
 /// Monotonic time since an arbitrary start (`Instant`'s clock, a tick late).
 pub fn monotonic() -> Duration {
-    read(ClockId::CLOCK_MONOTONIC_COARSE)
+    read(ClockId::CLOCK_MONOTONIC_COARSE, ClockId::CLOCK_MONOTONIC)
 }
 
 /// Time since the Unix epoch.
 pub fn unix() -> Duration {
-    read(ClockId::CLOCK_REALTIME_COARSE)
+    read(ClockId::CLOCK_REALTIME_COARSE, ClockId::CLOCK_REALTIME)
 }
 
-fn read(clock: ClockId) -> Duration {
-    match clock_gettime(clock) {
+/// `coarse`, or `precise` where the kernel has no coarse clock (Linux has
+/// had them since 2.6.32).
+fn read(coarse: ClockId, precise: ClockId) -> Duration {
+    match clock_gettime(coarse).or_else(|_| clock_gettime(precise)) {
         Ok(t) => Duration::new(u64::try_from(t.tv_sec()).unwrap_or(0), u32::try_from(t.tv_nsec()).unwrap_or(0)),
         Err(_) => Duration::ZERO,
     }
