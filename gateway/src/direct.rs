@@ -252,12 +252,12 @@ pub struct Head {
 
 impl Head {
     /// The head as a response, and the fields passed on as they came (the
-    /// response's map is empty, with room for the gateway's fields).
+    /// response's map is empty and unallocated: the gateway's own fields
+    /// travel with the passed-on head, [`RawHead::set_own`]).
     fn split(self) -> (Response<()>, Option<Box<RawHead>>, Framing) {
         let mut resp = Response::new(());
         *resp.status_mut() = self.status;
         *resp.version_mut() = self.version;
-        *resp.headers_mut() = HeaderMap::with_capacity(forward::ADDED_CLIENT);
         (resp, self.fields, self.framing)
     }
 }
@@ -270,12 +270,11 @@ const RAW_FIELDS: usize = 32;
 /// writing it out again was a sixth of a proxied request's instructions.
 ///
 /// Hop-by-hop fields (and those `Connection` names) are already left out.
-/// The response's own header map then holds only what the gateway sets
-/// (`X-Request-Id`, HSTS), which replaces a field of the same name here.
-/// Any other way to the client (HTTP/2, hyper's server) makes it a map first
-/// ([`materialize`]). The gateway's `X-Request-Id` and HSTS travel here too
-/// ([`RawHead::set_own`]): the response's map then stays empty, no
-/// allocation per answer.
+/// The gateway's `X-Request-Id` and HSTS travel here too
+/// ([`RawHead::set_own`]) and replace a field of the same name: the
+/// response's own map stays empty, no allocation per answer. Any other way
+/// to the client (HTTP/2, hyper's server) makes it a map first
+/// ([`materialize`]).
 pub struct RawHead {
     /// The head's bytes; the fields point into them.
     bytes: Bytes,

@@ -27,9 +27,6 @@ static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
 /// `X-Request-Id`): room for them when a head is parsed, so that adding them
 /// does not grow (and rehash) the map.
 pub const ADDED_UPSTREAM: usize = 4;
-/// Fields the gateway sets on an answer whose head is passed on as it came:
-/// `X-Request-Id`, and over TLS `Strict-Transport-Security`.
-pub const ADDED_CLIENT: usize = 2;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

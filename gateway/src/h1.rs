@@ -381,10 +381,7 @@ where
             out.extend_from_slice(b"\r\n");
         }
         for (name, value) in raw.own() {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            write_field(out, name, value);
         }
         if let (Some(n), true) = raw.declared() {
             out.extend_from_slice(b"content-length: ");
@@ -397,10 +394,7 @@ where
         if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, value);
     }
     if !raw.as_ref().is_some_and(|r| r.has_date()) && !headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
@@ -489,10 +483,7 @@ where
         Framing::Chunked => {
             out.extend_from_slice(b"0\r\n");
             for (name, value) in trailers.iter().flatten() {
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
+                write_field(out, name, value);
             }
             out.extend_from_slice(b"\r\n");
         }
@@ -509,6 +500,14 @@ where
 }
 
 /// `n` in decimal, in `buf`.
+/// One `name: value` line of a head (or of trailers).
+fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
