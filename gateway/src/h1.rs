@@ -41,6 +41,15 @@ const HEAD_READ: usize = 8 * 1024;
 /// are written from where they are.
 const COPY_MAX: usize = 16 * 1024;
 
+thread_local! {
+    static HEAD_CHUNK: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+/// Request heads are copied out of the read buffer into these (2 KiB; a
+/// longer head gets its own): no allocation per head. A head lives until
+/// its answer's head arrives (longer only while held for a wake), keeping
+/// its 2 KiB buffer alive meanwhile.
+static HEADS: crate::chunk::Chunks = crate::chunk::Chunks::new(&HEAD_CHUNK, 2048);
+
 /// Where a header's name and value lie in a message head: offsets and lengths.
 pub(crate) type Span = (u32, u32, u32, u32);
 
@@ -131,7 +140,7 @@ fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
     }
     let base = buf.as_ptr() as usize;
     let target = (path.as_ptr() as usize - base, path.len());
-    let head = Bytes::copy_from_slice(&buf[..len]);
+    let head = HEADS.copy(&buf[..len]);
     let fields = req.headers.iter().map(|f| span(buf.as_ptr(), f));
     let built = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .ok()

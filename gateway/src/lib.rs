@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod catalog;
+pub mod chunk;
 pub mod client;
 pub mod clock;
 pub mod cluster;

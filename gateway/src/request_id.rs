@@ -18,7 +18,9 @@ pub fn of(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&NAME) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= MAX_LEN && b.iter().all(|c| c.is_ascii_graphic()) {
-            return v.clone();
+            // A copy: a clone would keep the whole request head (and the
+            // buffer it was cut from) alive as long as the answer.
+            return HeaderValue::from_bytes(b).unwrap_or_else(|_| v.clone());
         }
     }
     generate()
@@ -26,13 +28,14 @@ pub fn of(headers: &HeaderMap) -> HeaderValue {
 
 /// Ids cut from one buffer per thread, [`PER_CHUNK`] at a time: an id costs
 /// no allocation of its own, and its clones (the answer's field, the copy
-/// sent upstream) only count references. A buffer is freed once the last id
-/// cut from it is gone.
+/// sent upstream) only count references. Their own buffers: an id lives as
+/// long as its answer (a stream can last hours), and keeps only ids alive.
 const PER_CHUNK: usize = 64;
 
 thread_local! {
     static CHUNK: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
 }
+static IDS: crate::chunk::Chunks = crate::chunk::Chunks::new(&CHUNK, 16 * PER_CHUNK);
 
 /// A fresh id.
 pub fn generate() -> HeaderValue {
@@ -43,15 +46,7 @@ pub fn generate() -> HeaderValue {
         *b = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    let id = CHUNK.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.capacity() < out.len() {
-            *c = bytes::BytesMut::with_capacity(out.len() * PER_CHUNK);
-        }
-        c.extend_from_slice(&out);
-        c.split().freeze()
-    });
-    HeaderValue::from_maybe_shared(id).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(IDS.copy(&out)).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
