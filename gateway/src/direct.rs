@@ -426,7 +426,7 @@ pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, S
         // Hop-by-hop fields, those `Connection` names, and a length not passed on as it came.
         let drop = forward::is_hop_by_hop_name(name)
             || (scan.nominates && connection_names(fields).any(|t| t.eq_ignore_ascii_case(name)))
-            || (name.eq_ignore_ascii_case(b"content-length") && (scan.coding.is_some() || restate));
+            || ((scan.coding.is_some() || restate) && forward::name_is(name, b"content-length"));
         if drop {
             continue;
         }
@@ -493,8 +493,8 @@ impl Scan {
         for f in fields {
             let (name, value) = (f.name.as_bytes(), f.value);
             match name.len() {
-                4 if name.eq_ignore_ascii_case(b"date") => s.date = true,
-                10 if name.eq_ignore_ascii_case(b"connection") => {
+                4 if forward::name_is(name, b"date") => s.date = true,
+                10 if forward::name_is(name, b"connection") => {
                     for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                         if t.eq_ignore_ascii_case(b"close") {
                             s.close = true;
@@ -505,7 +505,7 @@ impl Scan {
                         }
                     }
                 }
-                14 if name.eq_ignore_ascii_case(b"content-length") => {
+                14 if forward::name_is(name, b"content-length") => {
                     for part in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                         s.length_fields += 1;
                         if let Ok(seen) = &s.length {
@@ -517,7 +517,7 @@ impl Scan {
                         }
                     }
                 }
-                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                17 if forward::name_is(name, b"transfer-encoding") => {
                     // Empty list items do not count (RFC 9110 §5.6.1).
                     match value.split(|b| *b == b',').map(<[u8]>::trim_ascii).rfind(|t| !t.is_empty()) {
                         Some(last) => s.coding = Some(last.eq_ignore_ascii_case(b"chunked")),
@@ -558,7 +558,11 @@ impl Scan {
 
 /// The tokens of every `Connection` field of a head.
 fn connection_names<'h>(fields: &'h [httparse::Header<'h>]) -> impl Iterator<Item = &'h [u8]> {
-    fields.iter().filter(|f| f.name.eq_ignore_ascii_case("connection")).flat_map(|f| f.value.split(|b| *b == b',')).map(<[u8]>::trim_ascii)
+    fields
+        .iter()
+        .filter(|f| forward::name_is(f.name.as_bytes(), b"connection"))
+        .flat_map(|f| f.value.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
 }
 
 /// A `Content-Length` list item as a number: digits only.

@@ -48,13 +48,42 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Which hop-by-hop name `name` (any case) is, if any: a length check
-/// first, since most names are not.
+/// Which hop-by-hop name `name` (any case) is, if any: length and first
+/// letter pick the one it can be (most names are none), then one compare.
 fn hop_index(name: &[u8]) -> Option<usize> {
-    match name.len() {
-        2 | 7 | 10 | 16 | 17 | 19 => HOP_BY_HOP.iter().position(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name)),
-        _ => None,
+    let i = match (name.len(), name.first()? | 0x20) {
+        (10, b'c') => 0,
+        (10, b'k') => 1,
+        (16, b'p') => 2,
+        (2, b't') => 3,
+        (7, b't') => 4,
+        (17, b't') => 5,
+        (7, b'u') => 6,
+        (19, b'p') => 7,
+        _ => return None,
+    };
+    name_is(name, HOP_BY_HOP[i].as_str().as_bytes()).then_some(i)
+}
+
+/// Whether the field name `name` (as it came: token characters, any case)
+/// is `lower` (lower-case letters, digits, '-'), eight bytes at a time.
+/// Setting bit 5 (0x20) lower-cases a letter and turns no other token
+/// character into one of `lower`'s (only `^` and `_` change: into `~` and
+/// DEL), so the compare is exact.
+pub fn name_is(name: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(lower.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-'), "{lower:?}");
+    if name.len() != lower.len() {
+        return false;
     }
+    let (mut a, mut b) = (name.chunks_exact(8), lower.chunks_exact(8));
+    for (x, y) in (&mut a).zip(&mut b) {
+        let x = u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
+        let y = u64::from_le_bytes([y[0], y[1], y[2], y[3], y[4], y[5], y[6], y[7]]);
+        if x | 0x2020_2020_2020_2020 != y {
+            return false;
+        }
+    }
+    a.remainder().iter().zip(b.remainder()).all(|(x, y)| x | 0x20 == *y)
 }
 
 /// Whether the field name `name` (as it came, any case) is hop-by-hop.
@@ -260,6 +289,29 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn name_is_agrees_with_a_case_insensitive_compare_on_token_names() {
+        const TCHAR: &[u8] = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let targets: [&[u8]; 5] = [b"te", b"date", b"connection", b"content-length", b"proxy-authorization"];
+        // Every token character at every position of every target.
+        for t in targets {
+            for i in 0..t.len() {
+                for &c in TCHAR {
+                    let mut name = t.to_vec();
+                    name[i] = c;
+                    assert_eq!(name_is(&name, t), name.eq_ignore_ascii_case(t), "{:?} vs {:?}", String::from_utf8_lossy(&name), t);
+                }
+            }
+        }
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..50_000 {
+            let t = targets[rng.usize(..targets.len())];
+            let name: Vec<u8> = t.iter().map(|b| if rng.bool() { b.to_ascii_uppercase() } else { *b }).collect();
+            assert!(name_is(&name, t));
+            assert!(!name_is(&name[1..], t));
+        }
     }
 
     #[test]

@@ -120,7 +120,7 @@ fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
     let mut keep_alive = !http10;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        let is = |n: &str| crate::forward::name_is(name, n.as_bytes());
         if is("content-length") {
             if h.value != b"0" {
                 return Parsed::Handoff;
