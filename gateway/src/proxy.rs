@@ -45,7 +45,7 @@ pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> 
     let started = Instant::now();
     let mut rid = request_id::of(req.headers());
     let (hsts, routed) = match connection_checks(&gw, &req, &rid) {
-        Ok((tls, hsts)) => (hsts, route(gw, peer, req, tls, &mut rid, started)),
+        Ok((tls, hsts, host)) => (hsts, route(gw, peer, req, host, tls, &mut rid, started)),
         Err(resp) => (None, Err(*resp)),
     };
     let routed = match routed {
@@ -66,9 +66,9 @@ pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> 
     })
 }
 
-/// Whether the connection is TLS, and the `Strict-Transport-Security` value
-/// to send (TLS only).
-type Checked = (bool, Option<HeaderValue>);
+/// Whether the connection is TLS, the `Strict-Transport-Security` value to
+/// send (TLS only), and the request's host (see [`host_of`]).
+type Checked = (bool, Option<HeaderValue>, Option<HeaderValue>);
 
 /// HTTPS redirect for plain connections, and the SNI/Host agreement check
 /// (421) for TLS ones (`handle` sets `X-Request-Id` on either answer).
@@ -112,7 +112,7 @@ fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Re
             return Err(Box::new(r));
         }
     }
-    Ok((is_tls, if is_tls { view.hsts.clone() } else { None }))
+    Ok((is_tls, if is_tls { view.hsts.clone() } else { None }, host))
 }
 
 /// The host the request is for, as sent: the target's authority, else `Host`.
@@ -138,6 +138,7 @@ fn route(
     gw: Arc<Gateway>,
     peer: SocketAddr,
     mut req: Request<RequestBody>,
+    host: Option<HeaderValue>,
     tls: bool,
     rid: &mut HeaderValue,
     started: Instant,
@@ -161,7 +162,7 @@ fn route(
         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Err(r);
     }
-    let Some(host) = host_of(&req) else {
+    let Some(host) = host else {
         gw.metrics.rejected_unrouted("missing_host");
         let r = Refusal::new(StatusCode::BAD_REQUEST, "missing_host", "the request names no single host (one Host header)");
         return Err(r.into_response(req.headers(), rid));
@@ -204,11 +205,13 @@ fn route(
     let spec = sol.spec.load_full();
     let settings = &spec.settings;
     let upgrade = req.version() == Version::HTTP_11 && forward::wants_upgrade(req.headers());
-    let navigation = !upgrade && waiting::is_navigation(&req);
+    // What a refusal needs of the request, kept before the request is sent on.
+    let mut accept = req.headers().get(header::ACCEPT).cloned();
+    let navigation = !upgrade && waiting::is_navigation(req.method(), accept.as_ref());
     let declared = http_body::Body::size_hint(req.body()).exact();
     if settings.max_body_size > 0 && declared.is_some_and(|n| n > settings.max_body_size) {
         let msg = format!("the request body is larger than {} bytes", settings.max_body_size);
-        let resp = refuse(&sol, Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", msg), req.headers().get(header::ACCEPT), rid);
+        let resp = refuse(&sol, Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", msg), accept.as_ref(), rid);
         sol.metrics.request(&method, resp.status().as_u16());
         return Err(resp);
     }
@@ -231,9 +234,9 @@ fn route(
         if let Some(own) = req.headers().get(&request_id::NAME) {
             *rid = own.clone();
         }
+        // Its detached copy: the first would keep the read buffer alive.
+        accept = req.headers().get(header::ACCEPT).cloned();
     }
-    // What a refusal needs of the request, kept before the request is sent on.
-    let accept = req.headers().get(header::ACCEPT).cloned();
     let limit = BodyLimit { max: settings.max_body_size, timeout: settings.client_body_timeout };
     let req = req.map(|b| LimitedBody::new(b, limit));
     let f = Forwarding { req, forwarded, accept, client_upgrade, navigation, direct, rid: rid.clone(), started };

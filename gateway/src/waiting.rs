@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use proto::Phase;
 use scaler::SolutionState;
 
@@ -25,9 +25,8 @@ const STREAM_MAX: Duration = Duration::from_secs(600);
 const STREAM_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// A top-level browser navigation: GET or HEAD that accepts HTML.
-pub fn is_navigation<B>(req: &Request<B>) -> bool {
-    (req.method() == Method::GET || req.method() == Method::HEAD)
-        && req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
+pub fn is_navigation(method: &Method, accept: Option<&HeaderValue>) -> bool {
+    (method == Method::GET || method == Method::HEAD) && accept.and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
 }
 
 /// The status as JSON.
