@@ -231,6 +231,38 @@ async fn a_solution_does_not_outlive_a_gateway_killed_by_sigkill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_solution_started_does_not_outlive_a_gateway_killed_by_sigkill() {
+    // The command is a shell that starts the app as a child of its own: the
+    // app is wakegate's grandchild, out of reach of a parent-death signal.
+    let cfg = "[settings]\n[[solution]]\nname = \"app\"\n\
+        command = [\"/bin/sh\", \"-c\", \"python3 {testapp} --name app --port {port} & wait\"]\n\
+        probe = \"/healthz\"\nenv = { TESTAPP_STARTS = \"{dir}/starts\" }\n";
+    let mut wg = Wakegate::start(cfg);
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    let app = wg.starts()[0];
+    let addr = wg.public;
+    let status = tokio::task::block_in_place(|| wg.kill());
+    assert!(!status.success(), "{status:?}");
+    assert!(eventually(Duration::from_secs(5), || async { !alive(app) }).await, "the app (pid {app}) lingers; log:\n{}", wg.log());
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_solution_reports_its_own_exit_and_leaves_nothing_behind() {
+    // Stopped by the gateway (here: its shutdown), the command's whole group
+    // goes, and the guard between them passes the command's signal on.
+    let cfg = "[settings]\n[[solution]]\nname = \"app\"\n\
+        command = [\"/bin/sh\", \"-c\", \"python3 {testapp} --name app --port {port} & wait\"]\n\
+        probe = \"/healthz\"\nenv = { TESTAPP_STARTS = \"{dir}/starts\" }\n";
+    let mut wg = Wakegate::start(cfg);
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    let app = wg.starts()[0];
+    let status = tokio::task::block_in_place(|| wg.terminate(Duration::from_secs(20)));
+    assert!(status.success(), "{status:?}; log:\n{}", wg.log());
+    assert!(eventually(Duration::from_secs(5), || async { !alive(app) }).await, "the app (pid {app}) lingers; log:\n{}", wg.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_released_after_a_wake_are_paced_by_the_concurrency_limit() {
     let wg = Wakegate::start(&one("--startup-delay 1", "max-concurrent-requests = 2"));
     let addr = wg.public;

@@ -44,6 +44,14 @@ enum Command {
         #[arg(short, long, default_value = "wakegate.toml")]
         config: PathBuf,
     },
+    /// Internal: how `run` starts a solution's command (its process group
+    /// dies with wakegate; see wakegate_scaler::process::guard).
+    #[command(hide = true)]
+    Guard {
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        argv: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Flags of `wakegate scaler` (see docs/cluster-contract.md).
@@ -103,6 +111,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config: path } => run(path),
+        Command::Guard { argv } => scaler::process::guard::run(&argv),
         Command::Scaler(args) => scaler(args),
         Command::Gateway(args) => gateway(args),
     }
@@ -191,6 +200,14 @@ fn scaler(a: ScalerArgs) -> ExitCode {
 }
 
 fn run(path: PathBuf) -> ExitCode {
+    // Solutions start through this binary's guard. /proc/self/exe stays
+    // valid when an upgrade replaces the file (and in the forked child it is
+    // still this binary); without /proc, the path this binary was run from.
+    let exe = PathBuf::from("/proc/self/exe");
+    match if exe.exists() { Ok(exe) } else { std::env::current_exe() } {
+        Ok(exe) => scaler::process::use_guard(exe),
+        Err(e) => tracing::warn!("cannot find this binary ({e}): a solution's own children would outlive a wakegate killed outright"),
+    }
     let loaded = match wakegate::config::load(&path) {
         Ok(c) => c,
         Err(errors) => {

@@ -4,7 +4,10 @@
 //! construction: commands queue, and `Wake` is a no-op unless the solution is cold.
 
 mod child;
+pub mod guard;
 mod supervisor;
+
+pub use child::use_guard;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -2,9 +2,11 @@
 //! children are signalled too), its output forwarded to the log, the tail of
 //! its stderr kept for failure reports, stopped with SIGTERM then SIGKILL.
 //! Should wakegate itself die without stopping it (SIGKILL, a crash, the OOM
-//! killer), the kernel sends it SIGKILL too: it is started through
-//! util-linux's `setpriv --pdeathsig KILL` where that exists (the parent-death
-//! signal must be set between fork and exec, which std offers only through
+//! killer), the whole group dies too: the wakegate binary starts it through
+//! its guard (see [`super::guard`]). Elsewhere (the scaler as a library)
+//! util-linux's `setpriv --pdeathsig KILL` takes the command itself down
+//! where that exists, though not what it started (the parent-death signal
+//! must be set between fork and exec, which std offers only through
 //! `unsafe`).
 
 use std::collections::VecDeque;
@@ -41,16 +43,20 @@ impl Running {
         let port_s = port.to_string();
         let argv: Vec<String> = spec.argv.iter().map(|a| a.replace("{port}", &port_s)).collect();
         let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
-        let mut cmd = match setpriv() {
-            Some(setpriv) => {
+        let wrapper = match GUARD.get() {
+            Some(exe) => Some((exe.as_path(), [super::guard::SUBCOMMAND, "--"].as_slice())),
+            None => setpriv().map(|p| (p, ["--pdeathsig", "KILL", "--"].as_slice())),
+        };
+        let mut cmd = match wrapper {
+            Some((wrapper, wrapper_args)) => {
                 // A missing program stays an error of this call, as without the
-                // wrapper (not a start that fails with setpriv's exit code).
+                // wrapper (not a start that fails with the wrapper's exit code).
                 let path = spec.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.into()).or_else(|| std::env::var_os("PATH"));
                 if find_program(program, &spec.cwd, path.as_deref()).is_none() {
                     return Err(std::io::Error::from(nix::errno::Errno::ENOENT));
                 }
-                let mut cmd = Command::new(setpriv);
-                cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+                let mut cmd = Command::new(wrapper);
+                cmd.args(wrapper_args).arg(program);
                 cmd
             }
             None => Command::new(program),
@@ -114,6 +120,27 @@ impl Running {
             }
         }
     }
+}
+
+impl Drop for Running {
+    /// Dropped while running (its supervisor gone without a stop): the
+    /// whole group goes, not only the process started.
+    fn drop(&mut self) {
+        if let Some(pgid) = self.child.id().and_then(|id| i32::try_from(id).ok()) {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The wakegate binary, to start solutions through its guard subcommand.
+static GUARD: OnceLock<PathBuf> = OnceLock::new();
+
+/// Starts every solution through `exe guard -- COMMAND…` (the wakegate
+/// binary; see [`super::guard`]). Set once, by the binary, before the first
+/// start; `/proc/self/exe` is a good `exe` (it stays valid when the file is
+/// replaced by an upgrade, and in the forked child it is still this binary).
+pub fn use_guard(exe: PathBuf) {
+    let _ = GUARD.set(exe);
 }
 
 /// util-linux's `setpriv`, if installed (looked up once).
