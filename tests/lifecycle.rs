@@ -218,26 +218,17 @@ async fn sigterm_lets_a_slow_request_finish_and_leaves_no_child() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_solution_does_not_outlive_a_gateway_killed_by_sigkill() {
-    let mut wg = Wakegate::start(&one("", ""));
-    assert_eq!(wg.get("app", "/hello").await.status, 200);
-    let pid = wg.starts()[0];
-    let addr = wg.public;
-    let status = tokio::task::block_in_place(|| wg.kill());
-    assert!(!status.success(), "{status:?}");
-    assert!(eventually(Duration::from_secs(5), || async { !alive(pid) }).await, "the solution (pid {pid}) lingers; log:\n{}", wg.log());
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
-}
+/// A solution whose command is a shell that starts the app as a child of
+/// its own: the app is wakegate's grandchild, out of reach of a parent-death
+/// signal (`starts` records the app's pid).
+const SHELL_PARENT: &str = "[settings]\n[[solution]]\nname = \"app\"\n\
+    command = [\"/bin/sh\", \"-c\", \"python3 {testapp} --name app --port {port} & wait\"]\n\
+    probe = \"/healthz\"\nenv = { TESTAPP_STARTS = \"{dir}/starts\" }\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_a_solution_started_does_not_outlive_a_gateway_killed_by_sigkill() {
-    // The command is a shell that starts the app as a child of its own: the
-    // app is wakegate's grandchild, out of reach of a parent-death signal.
-    let cfg = "[settings]\n[[solution]]\nname = \"app\"\n\
-        command = [\"/bin/sh\", \"-c\", \"python3 {testapp} --name app --port {port} & wait\"]\n\
-        probe = \"/healthz\"\nenv = { TESTAPP_STARTS = \"{dir}/starts\" }\n";
-    let mut wg = Wakegate::start(cfg);
+/// Kills a gateway running `config` outright once its solution answered;
+/// the app must die with it.
+async fn the_app_dies_with_a_gateway_killed_by_sigkill(config: &str) {
+    let mut wg = Wakegate::start(config);
     assert_eq!(wg.get("app", "/hello").await.status, 200);
     let app = wg.starts()[0];
     let addr = wg.public;
@@ -248,18 +239,27 @@ async fn what_a_solution_started_does_not_outlive_a_gateway_killed_by_sigkill() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_solution_reports_its_own_exit_and_leaves_nothing_behind() {
-    // Stopped by the gateway (here: its shutdown), the command's whole group
-    // goes, and the guard between them passes the command's signal on.
-    let cfg = "[settings]\n[[solution]]\nname = \"app\"\n\
-        command = [\"/bin/sh\", \"-c\", \"python3 {testapp} --name app --port {port} & wait\"]\n\
-        probe = \"/healthz\"\nenv = { TESTAPP_STARTS = \"{dir}/starts\" }\n";
-    let mut wg = Wakegate::start(cfg);
+async fn a_solution_does_not_outlive_a_gateway_killed_by_sigkill() {
+    the_app_dies_with_a_gateway_killed_by_sigkill(&one("", "")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_solution_started_does_not_outlive_a_gateway_killed_by_sigkill() {
+    the_app_dies_with_a_gateway_killed_by_sigkill(SHELL_PARENT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_solution_stopped_with_the_gateway_leaves_nothing_behind() {
+    // A stop signals the command's whole group: the guard between gateway
+    // and command waits for the command instead of taking it down.
+    let mut wg = Wakegate::start(SHELL_PARENT);
     assert_eq!(wg.get("app", "/hello").await.status, 200);
     let app = wg.starts()[0];
     let status = tokio::task::block_in_place(|| wg.terminate(Duration::from_secs(20)));
     assert!(status.success(), "{status:?}; log:\n{}", wg.log());
     assert!(eventually(Duration::from_secs(5), || async { !alive(app) }).await, "the app (pid {app}) lingers; log:\n{}", wg.log());
+    // Gracefully: the app exited on SIGTERM, nothing needed SIGKILL.
+    assert!(!wg.log().contains("sending SIGKILL"), "{}", wg.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
