@@ -82,9 +82,16 @@ impl Running {
         Ok(Running { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), stderr_tail })
     }
 
-    /// Waits for the process to exit by itself. Cancel-safe.
+    /// Waits for the process to exit by itself; what it left behind in its
+    /// group (a server a start script put in the background, holding the
+    /// port) is killed then, as by systemd's default `KillMode`. Cancel-safe.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        self.child.wait().await
+        let pgid = self.child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+        let status = self.child.wait().await;
+        if let Some(pgid) = pgid {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+        status
     }
 
     /// The last lines it wrote to stderr.
