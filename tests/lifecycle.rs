@@ -253,7 +253,7 @@ async fn what_an_exited_command_left_running_is_stopped_with_it() {
     // A start script that puts the server in the background and exits after
     // a while: the solution has exited, and its server must not linger on.
     let cfg = "[settings]\n[[solution]]\nname = \"app\"\n\
-        command = [\"/bin/sh\", \"-c\", \"python3 {testapp} --name app --port {port} & sleep 1; exit 3\"]\n\
+        command = [\"/bin/sh\", \"-c\", \"python3 {testapp} --name app --port {port} & sleep 3; exit 3\"]\n\
         probe = \"/healthz\"\nenv = { TESTAPP_STARTS = \"{dir}/starts\" }\n";
     let wg = Wakegate::start(cfg);
     assert_eq!(wg.get("app", "/hello").await.status, 200);

@@ -24,8 +24,8 @@ impl Chunks {
 
     /// `data` as shared `Bytes`: cut from this thread's buffer, or on its own
     /// when longer than half of one (a new buffer would waste the rest of the
-    /// current one, and one long-lived string keeps a whole buffer alive: at
-    /// most twice its own size then).
+    /// current one). Any string keeps its whole buffer alive as long as it
+    /// lives: a long-lived short one costs a buffer, not its own size.
     pub fn copy(&self, data: &[u8]) -> Bytes {
         if data.len() > self.size / 2 {
             return Bytes::from(data.to_vec());

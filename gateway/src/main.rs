@@ -48,6 +48,9 @@ enum Command {
     /// dies with wakegate; see wakegate_scaler::process::guard).
     #[command(hide = true)]
     Guard {
+        /// wakegate's pid (gone already: the command is not started).
+        #[arg(long)]
+        parent: u32,
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         argv: Vec<std::ffi::OsString>,
@@ -111,7 +114,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config: path } => run(path),
-        Command::Guard { argv } => scaler::process::guard::run(&argv),
+        Command::Guard { parent, argv } => scaler::process::guard::run(parent, &argv),
         Command::Scaler(args) => scaler(args),
         Command::Gateway(args) => gateway(args),
     }

@@ -230,10 +230,9 @@ fn route(
     };
     if !ready {
         // Likely held: keep only its own bytes (see `detach_head`).
+        // (`rid` is a copy of its own already: pointed into the detached
+        // head, it would keep every field alive as long as the answer.)
         forward::detach_head(&mut req);
-        if let Some(own) = req.headers().get(&request_id::NAME) {
-            *rid = own.clone();
-        }
         // Its detached copy: the first would keep the read buffer alive.
         accept = req.headers().get(header::ACCEPT).cloned();
     }

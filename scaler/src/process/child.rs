@@ -44,8 +44,11 @@ impl Running {
         let argv: Vec<String> = spec.argv.iter().map(|a| a.replace("{port}", &port_s)).collect();
         let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
         let wrapper = match GUARD.get() {
-            Some(exe) => Some((exe.as_path(), [super::guard::SUBCOMMAND, "--"].as_slice())),
-            None => setpriv().map(|p| (p, ["--pdeathsig", "KILL", "--"].as_slice())),
+            Some(exe) => Some((
+                exe.as_path(),
+                vec![super::guard::SUBCOMMAND.to_string(), "--parent".into(), std::process::id().to_string(), "--".into()],
+            )),
+            None => setpriv().map(|p| (p, vec!["--pdeathsig".into(), "KILL".into(), "--".into()])),
         };
         let mut cmd = match wrapper {
             Some((wrapper, wrapper_args)) => {
@@ -78,7 +81,8 @@ impl Running {
         if let Some(err) = child.stderr.take() {
             tokio::spawn(forward(name.to_string(), "stderr", err, Some(stderr_tail.clone())));
         }
-        tracing::info!(solution = name, pid = child.id(), port, "started {}", argv.join(" "));
+        // Through the guard, `pgid` is the guard's pid (signal the group, `kill -- -PGID`).
+        tracing::info!(solution = name, pgid = child.id(), port, "started {}", argv.join(" "));
         Ok(Running { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), stderr_tail })
     }
 
@@ -102,10 +106,14 @@ impl Running {
 
     /// SIGTERM to the process group, SIGKILL after `grace`; waits for the exit.
     pub async fn stop(mut self, grace: Duration) -> Option<ExitStatus> {
+        let pgid = self.child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
         if let Ok(Some(status)) = self.child.try_wait() {
+            // Gone already: what it left running goes now (see `wait`).
+            if let Some(pgid) = pgid {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
             return Some(status);
         }
-        let pgid = self.child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
         if let Some(pgid) = pgid {
             let _ = killpg(pgid, Signal::SIGTERM);
         }

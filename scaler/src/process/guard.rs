@@ -22,15 +22,20 @@ use nix::unistd::getpgrp;
 /// The subcommand of the wakegate binary that runs a guard.
 pub const SUBCOMMAND: &str = "guard";
 
-/// Runs `argv` (program and arguments) under the guard; returns once it
-/// exited (with its exit code), dies of the signal that ended it, or kills
-/// the group and dies with it when wakegate is gone.
-pub fn run(argv: &[OsString]) -> ExitCode {
+/// Runs `argv` (program and arguments) under the guard for wakegate, pid
+/// `parent`; returns once it exited (with its exit code), dies of the
+/// signal that ended it, or kills the group and dies with it when wakegate
+/// is gone (also if that happened before this started).
+pub fn run(parent: u32, argv: &[OsString]) -> ExitCode {
     let Some((program, args)) = argv.split_first() else {
         eprintln!("wakegate guard: no command");
         return ExitCode::from(2);
     };
-    let parent = std::os::unix::process::parent_id();
+    let orphaned = || std::os::unix::process::parent_id() != parent;
+    if orphaned() {
+        // wakegate died before this started: nothing to run for.
+        return ExitCode::from(1);
+    }
     // The command first: it inherits the signal mask (std does not reset
     // it), and must not start with SIGTERM blocked.
     let mut child = match Command::new(program).args(args).spawn() {
@@ -50,7 +55,6 @@ pub fn run(argv: &[OsString]) -> ExitCode {
         let _ = killpg(getpgrp(), Signal::SIGKILL);
         return ExitCode::from(2);
     }
-    let orphaned = || std::os::unix::process::parent_id() != parent;
     if let Err(e) = prctl::set_pdeathsig(Signal::SIGTERM) {
         eprintln!("wakegate guard: cannot ask for the parent-death signal: {e}");
     }
@@ -81,18 +85,27 @@ pub fn run(argv: &[OsString]) -> ExitCode {
     }
 }
 
+/// Signals that end a process without a core dump and that the Rust
+/// runtime leaves at their default action (it ignores SIGPIPE and handles
+/// SIGSEGV and SIGBUS itself).
+const RAISED: [Signal; 7] =
+    [Signal::SIGTERM, Signal::SIGKILL, Signal::SIGINT, Signal::SIGHUP, Signal::SIGALRM, Signal::SIGUSR1, Signal::SIGUSR2];
+
 /// Ends this process as `status` ended the command: its exit code, or the
-/// same signal (so wakegate's report names it).
+/// same signal (so wakegate's report names it); a signal that dumps core
+/// (the guard must not write a core file next to the command's) or that the
+/// runtime handles becomes the shell's exit code 128 + N.
 fn exit_like(status: ExitStatus) -> ExitCode {
     if let Some(code) = status.code() {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let Some(signo) = status.signal() else { return ExitCode::from(1) };
-    if let Ok(signal) = Signal::try_from(signo) {
+    if let Ok(signal) = Signal::try_from(signo)
+        && RAISED.contains(&signal)
+    {
         let mut only = SigSet::empty();
         only.add(signal);
-        // No handler is installed: unblocked, the signal's default action
-        // ends this process the same way.
+        // At its default action: unblocked, it ends this process the same way.
         let _ = only.thread_unblock();
         let _ = raise(signal);
     }
