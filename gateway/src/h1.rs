@@ -508,7 +508,6 @@ where
     Ok(keep)
 }
 
-/// `n` in decimal, in `buf`.
 /// One `name: value` line of a head (or of trailers).
 fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(name.as_str().as_bytes());
@@ -517,6 +516,7 @@ fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `n` in decimal, in `buf`.
 fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {

@@ -90,11 +90,9 @@ impl Running {
     /// group (a server a start script put in the background, holding the
     /// port) is killed then, as by systemd's default `KillMode`. Cancel-safe.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        let pgid = self.child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+        let pgid = self.pgid();
         let status = self.child.wait().await;
-        if let Some(pgid) = pgid {
-            let _ = killpg(pgid, Signal::SIGKILL);
-        }
+        signal_group(pgid, Signal::SIGKILL);
         status
     }
 
@@ -104,36 +102,39 @@ impl Running {
         tail.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
     }
 
-    /// SIGTERM to the process group, SIGKILL after `grace`; waits for the exit.
+    /// SIGTERM to the process group, SIGKILL after `grace`; waits for the
+    /// exit. Whatever is left in the group then is killed (as by `wait`).
     pub async fn stop(mut self, grace: Duration) -> Option<ExitStatus> {
-        let pgid = self.child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
-        if let Ok(Some(status)) = self.child.try_wait() {
-            // Gone already: what it left running goes now (see `wait`).
-            if let Some(pgid) = pgid {
-                let _ = killpg(pgid, Signal::SIGKILL);
-            }
-            return Some(status);
-        }
-        if let Some(pgid) = pgid {
-            let _ = killpg(pgid, Signal::SIGTERM);
-        }
-        match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(status) => {
-                // The leader is gone; make sure nothing it spawned lingers.
-                if let Some(pgid) = pgid {
-                    let _ = killpg(pgid, Signal::SIGKILL);
+        let pgid = self.pgid();
+        let status = match self.child.try_wait() {
+            Ok(Some(status)) => Some(status),
+            _ => {
+                signal_group(pgid, Signal::SIGTERM);
+                match tokio::time::timeout(grace, self.child.wait()).await {
+                    Ok(status) => status.ok(),
+                    Err(_) => {
+                        tracing::warn!(pid = ?pgid, "did not exit within {grace:?} of SIGTERM; sending SIGKILL");
+                        signal_group(pgid, Signal::SIGKILL);
+                        let _ = self.child.start_kill();
+                        self.child.wait().await.ok()
+                    }
                 }
-                status.ok()
             }
-            Err(_) => {
-                tracing::warn!(pid = ?pgid, "did not exit within {grace:?} of SIGTERM; sending SIGKILL");
-                if let Some(pgid) = pgid {
-                    let _ = killpg(pgid, Signal::SIGKILL);
-                }
-                let _ = self.child.start_kill();
-                self.child.wait().await.ok()
-            }
-        }
+        };
+        signal_group(pgid, Signal::SIGKILL);
+        status
+    }
+
+    /// The process group (the leader's pid), while the leader is not reaped.
+    fn pgid(&self) -> Option<Pid> {
+        self.child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw)
+    }
+}
+
+/// `signal` to the group `pgid`, if any (errors: the group is gone).
+fn signal_group(pgid: Option<Pid>, signal: Signal) {
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, signal);
     }
 }
 
@@ -141,9 +142,7 @@ impl Drop for Running {
     /// Dropped while running (its supervisor gone without a stop): the
     /// whole group goes, not only the process started.
     fn drop(&mut self) {
-        if let Some(pgid) = self.child.id().and_then(|id| i32::try_from(id).ok()) {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-        }
+        signal_group(self.pgid(), Signal::SIGKILL);
     }
 }
 
