@@ -23,10 +23,15 @@ const TOKEN: &str = "wake-token-for-tests";
 const GATEWAY_SA: &str = "wakegate-gateway";
 const SCALER_SA: &str = "wakegate-scaler";
 
-fn seed(api: &kubeapi::TestApi) {
-    api.put(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "wakegate-config", "namespace": "wakegate"},
-        "data": {"base-domain": "aim.test", "idle-timeout": "2s", "reaper-interval": "300ms", "tls-source": "off"}}))
-        .unwrap();
+fn seed(api: &kubeapi::TestApi, settings: &[(&str, &str)]) {
+    let mut data = json!({"base-domain": "aim.test", "idle-timeout": "2s", "reaper-interval": "300ms", "tls-source": "off"});
+    for (k, v) in settings {
+        data[*k] = json!(v);
+    }
+    api.put(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "wakegate-config", "namespace": "wakegate"}, "data": data}),
+    )
+    .unwrap();
     api.put(json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "web", "namespace": "solutions", "labels": {"wakegate.io/expose": "true"}},
         "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 8080}]}}))
@@ -52,19 +57,24 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(&[], 2).await
+    }
+
+    /// Two gateways and `scalers` scalers, with `settings` added to the ConfigMap.
+    async fn start_with(settings: &[(&str, &str)], scalers: usize) -> Cluster {
         let api = kubeapi::start().await;
-        seed(&api);
+        seed(&api, settings);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("token"), TOKEN).unwrap();
         for sa in [GATEWAY_SA, SCALER_SA] {
             std::fs::write(dir.path().join(sa), api.kubeconfig(sa, "wakegate")).unwrap();
         }
         let mut c = Cluster { api, dir, scalers: Vec::new(), gateways: Vec::new() };
-        for i in 0..2 {
+        for i in 0..scalers {
             c.scalers.push(c.scaler(i));
         }
         for i in 0..2 {
-            let wake = c.scalers[i].addr("wake");
+            let wake = c.scalers[i % scalers].addr("wake");
             c.gateways.push(c.gateway(i, wake));
         }
         // The gateway pods, as their admin Service's EndpointSlices show them.
@@ -212,6 +222,109 @@ async fn two_gateways_and_two_scalers_wake_and_sleep_a_deployment() {
         let unused: Vec<_> = granted.difference(&exercised).filter(|g| !allow_unused.iter().any(|a| g.matches(a))).collect();
         assert!(unused.is_empty(), "{sa} is granted more than it used: {unused:#?}");
     }
+    drop(c.gateways.drain(..));
+    drop(c.scalers.drain(..));
+}
+
+/// Debian's Prometheus on a loopback port, scraping `targets` every 500 ms.
+struct Prometheus {
+    proc: Proc,
+    config: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start() -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        Prometheus::write(&config, &[]);
+        let mut cmd = std::process::Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg("--web.listen-address=127.0.0.1:0");
+        let proc = Proc::spawn(cmd, "msg=\"Listening on\"");
+        Prometheus { proc, config, _dir: dir }
+    }
+
+    fn write(config: &std::path::Path, targets: &[SocketAddr]) {
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let yaml = format!(
+            "global:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\nscrape_configs:\n  - job_name: wakegate-gateway\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        std::fs::write(config, yaml).unwrap();
+    }
+
+    /// Rewrites the scrape targets and reloads (SIGHUP), as an operator would.
+    fn scrape(&self, targets: &[SocketAddr]) {
+        Prometheus::write(&self.config, targets);
+        self.proc.signal(Signal::SIGHUP);
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.proc.addr("address")
+    }
+
+    /// The value of `promql` now (one sample), as Prometheus answers it.
+    async fn value(&self, promql: &str) -> Option<f64> {
+        let q: String = form_urlencoded::byte_serialize(promql.as_bytes()).collect();
+        let r = get(self.addr(), "prometheus", &format!("/api/v1/query?query={q}"), &[]).await.ok()?;
+        let v: Value = serde_json::from_str(&r.body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scaler_can_read_activity_through_prometheus() {
+    let prom = Prometheus::start();
+    let url = format!("http://{}", prom.addr());
+    let settings = [("activity-source", "prometheus"), ("prometheus-url", url.as_str()), ("idle-timeout", "3s")];
+    let mut c = Cluster::start_with(&settings, 1).await;
+    let api = &c.api;
+    let addrs = [c.public(0), c.public(1)];
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            get(prom.addr(), "prometheus", "/-/ready", &[]).await.is_ok_and(|r| r.status == 200)
+        })
+        .await,
+        "prometheus ready:\n{}",
+        prom.proc.log()
+    );
+
+    // Prometheus does not scrape the gateways yet: no reading of the solution
+    // at all, so it is not scaled down however long it idles.
+    assert_eq!(get(addrs[0], "web.aim.test", "/hello", &[]).await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(replicas(api), 1, "unknown to Prometheus: kept up");
+    assert!(c.scalers[0].log().contains("no gateway reports this solution"), "{}", c.scalers[0].log());
+
+    // Scraping both gateways: a request in flight on one of them, seen only
+    // through Prometheus, keeps the solution up past its idle timeout.
+    let slow_since = Instant::now();
+    let slow = tokio::spawn(get(addrs[1], "web.aim.test", "/slow?ms=9000", &[]));
+    prom.scrape(&[c.gateways[0].addr("admin"), c.gateways[1].addr("admin")]);
+    let scraped = || async { prom.value("count(wakegate_last_request_timestamp_seconds)").await == Some(2.0) };
+    assert!(eventually(Duration::from_secs(6), scraped).await, "prometheus scrapes both gateways:\n{}", prom.proc.log());
+    // Past the idle timeout, and long enough for several rounds on scraped figures.
+    let check_at = (slow_since + Duration::from_millis(4500)).max(Instant::now() + Duration::from_millis(1500));
+    tokio::time::sleep_until(check_at.into()).await;
+    assert!(!slow.is_finished(), "the slow request is still in flight");
+    assert_eq!(replicas(api), 1, "a request is in flight on gateway 1");
+    assert_eq!(slow.await.unwrap().unwrap().status, 200);
+    assert!(eventually(Duration::from_secs(15), || async { replicas(api) == 0 }).await, "idle: scaled to zero\n{}", c.scalers[0].log());
+
+    // A gateway Prometheus cannot read any more: its latest requests are
+    // unknown, so nothing is scaled down until it reports again.
+    assert_eq!(get(addrs[0], "web.aim.test", "/hello", &[]).await.unwrap().status, 200);
+    assert_eq!(replicas(api), 1);
+    c.gateways[1].signal(Signal::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(replicas(api), 1, "gateway 1 is not scraped: nothing is scaled down");
+    assert!(c.scalers[0].log().contains("stopped reporting"), "{}", c.scalers[0].log());
+    c.gateways[1].signal(Signal::SIGCONT);
+    assert!(eventually(Duration::from_secs(15), || async { replicas(api) == 0 }).await, "reported again: scaled to zero");
+    let scaler = get(c.scalers[0].addr("admin"), "scaler", "/metrics", &[]).await.unwrap();
+    assert!(metric(&scaler.body, "wakegate_reaper_scrape_failures_total").is_some_and(|n| n >= 1.0), "{}", scaler.body);
     drop(c.gateways.drain(..));
     drop(c.scalers.drain(..));
 }

@@ -341,15 +341,18 @@ impl Proc {
     /// Runs `wakegate <args>` with `env`, waiting until a log line contains `ready`.
     pub fn start(args: &[&str], env: &[(&str, &str)], ready: &str) -> Proc {
         let mut cmd = Command::new(bin());
-        cmd.args(args)
-            .env("WAKEGATE_LOG", "info,wakegate=debug,wakegate_scaler=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args(args).env("WAKEGATE_LOG", "info,wakegate=debug,wakegate_scaler=debug");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn wakegate");
+        Proc::spawn(cmd, ready)
+    }
+
+    /// Runs `cmd` (any program logging to stderr), waiting until a log line contains `ready`.
+    pub fn spawn(mut cmd: Command, ready: &str) -> Proc {
+        let what = format!("{:?}", cmd.get_program());
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -368,7 +371,7 @@ impl Proc {
         let mut p = Proc { child: Some(child), log, line: String::new() };
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => p.line = line,
-            Err(_) => panic!("wakegate {args:?} did not log {ready:?} within 30 s; log:\n{}", p.log()),
+            Err(_) => panic!("{what} did not log {ready:?} within 30 s; log:\n{}", p.log()),
         }
         p
     }

@@ -162,6 +162,18 @@ pub const KEYS: &[Key] = &[
     Key { name: "shutdown-grace", scope: Scope::Global, default: "30s", doc: "on SIGTERM, how long in-flight requests may take to finish" },
     Key { name: "reaper-interval", scope: Scope::Global, default: "30s", doc: "how often idle solutions are looked for" },
     Key {
+        name: "activity-source",
+        scope: Scope::Global,
+        default: "gateways",
+        doc: "where the cluster scaler reads activity: gateways (every replica's /metrics) or prometheus (prometheus-url)",
+    },
+    Key {
+        name: "prometheus-url",
+        scope: Scope::Global,
+        default: "",
+        doc: "Prometheus scraping the gateways, plain http (e.g. http://prometheus-operated.monitoring:9090); for activity-source prometheus",
+    },
+    Key {
         name: "trusted-proxies",
         scope: Scope::Global,
         default: "",
@@ -376,6 +388,10 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Period of the idle check.
     pub reaper_interval: Duration,
+    /// Where the cluster scaler reads the gateways' activity.
+    pub activity_source: ActivitySource,
+    /// Prometheus's query API, for [`ActivitySource::Prometheus`].
+    pub prometheus_url: Option<HttpUrl>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
     /// Whether every connection starts with a PROXY protocol header.
@@ -411,6 +427,8 @@ impl Default for Settings {
             workers: 0,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             reaper_interval: DEFAULT_REAPER_INTERVAL,
+            activity_source: ActivitySource::Gateways,
+            prometheus_url: None,
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             limit_connections: 0,
@@ -439,6 +457,9 @@ impl Settings {
                 errors.push(ConfigError::new(format!("{prefix}{key}"), reason));
             }
         }
+        if s.activity_source == ActivitySource::Prometheus && s.prometheus_url.is_none() && errors.is_empty() {
+            errors.push(ConfigError::new(format!("{prefix}prometheus-url"), "required when activity-source is prometheus"));
+        }
         if errors.is_empty() { Ok(s) } else { Err(errors) }
     }
 
@@ -456,6 +477,10 @@ impl Settings {
             }
             "shutdown-grace" => self.shutdown_grace = parse_duration(value)?,
             "reaper-interval" => self.reaper_interval = positive(parse_duration(value)?)?,
+            "activity-source" => self.activity_source = ActivitySource::parse(value)?,
+            "prometheus-url" => {
+                self.prometheus_url = if value.trim().is_empty() { None } else { Some(HttpUrl::parse(value)?) };
+            }
             "trusted-proxies" => self.trusted_proxies = parse_cidrs(value)?,
             "proxy-protocol" => self.proxy_protocol = parse_bool(value)?,
             "limit-connections" => self.limit_connections = parse_u32(value)?,
@@ -476,6 +501,87 @@ impl Settings {
             }
         }
         Ok(())
+    }
+}
+
+/// Where the cluster scaler reads how busy each solution is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivitySource {
+    /// Every gateway replica's `/metrics`, read directly; one unreadable
+    /// replica makes the round scale nothing down.
+    Gateways,
+    /// The same metrics through Prometheus's query API (`prometheus-url`).
+    Prometheus,
+}
+
+impl ActivitySource {
+    fn parse(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "gateways" => Ok(Self::Gateways),
+            "prometheus" => Ok(Self::Prometheus),
+            _ => Err(format!("expected gateways or prometheus, got {value:?}")),
+        }
+    }
+}
+
+/// A plain-HTTP base URL (`http://host[:port][/path]`), as the scaler's own
+/// HTTP client reaches it: no TLS, no credentials, no query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// Host name or IP address (IPv6 without brackets), to connect to.
+    pub host: String,
+    /// Port; 80 when none is written.
+    pub port: u16,
+    /// `host:port` as the `Host` field carries it (IPv6 in brackets).
+    pub authority: String,
+    /// Path prefix without a trailing `/` (empty for the root).
+    pub path: String,
+}
+
+impl HttpUrl {
+    /// Parses `http://host[:port][/path]`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let v = value.trim();
+        let Some(rest) = v.strip_prefix("http://") else {
+            return Err(if v.starts_with("https://") {
+                format!(
+                    "{v:?}: https is not supported; use Prometheus's in-cluster http Service, e.g. http://prometheus-operated.monitoring:9090"
+                )
+            } else {
+                format!("{v:?}: expected http://host[:port][/path]")
+            });
+        };
+        if rest.contains(['?', '#', '@']) {
+            return Err(format!("{v:?}: no query, fragment or credentials, only http://host[:port][/path]"));
+        }
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (ip, after) = v6.split_once(']').ok_or_else(|| format!("{v:?}: unclosed [ in the host"))?;
+                if ip.parse::<std::net::Ipv6Addr>().is_err() {
+                    return Err(format!("{v:?}: invalid IPv6 address {ip:?}"));
+                }
+                (ip, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
+        };
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '[' || c == ']') {
+            return Err(format!("{v:?}: missing or invalid host"));
+        }
+        let port = match port {
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("{v:?}: invalid port {p:?}"))?,
+            None => 80,
+        };
+        Ok(Self { host: host.to_string(), port, authority: authority.to_string(), path: path.trim_end_matches('/').to_string() })
+    }
+}
+
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.path)
     }
 }
 
@@ -595,6 +701,39 @@ mod tests {
         let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["settings.idle-timeout", "settings.max-held-requests", "settings.listen", "settings.idel-timeout"]);
         assert!(errs[3].reason.contains("did you mean \"idle-timeout\""), "{}", errs[3].reason);
+    }
+
+    #[test]
+    fn activity_source_and_prometheus_url() {
+        let s = Settings::from_pairs([("activity-source", "prometheus"), ("prometheus-url", "http://prom.monitoring:9090/p/")], "")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(s.activity_source, ActivitySource::Prometheus);
+        let url = s.prometheus_url.unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.authority.as_str(), url.path.as_str()),
+            ("prom.monitoring", 9090, "prom.monitoring:9090", "/p")
+        );
+        assert_eq!(url.to_string(), "http://prom.monitoring:9090/p");
+        let v6 = HttpUrl::parse("http://[::1]:9090").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port, v6.authority.as_str(), v6.path.as_str()), ("::1", 9090, "[::1]:9090", ""));
+        assert_eq!(HttpUrl::parse("http://prometheus").unwrap().port, 80);
+
+        let errs = Settings::from_pairs([("activity-source", "prometheus")], "").unwrap_err();
+        assert_eq!((errs[0].key.as_str(), errs[0].reason.as_str()), ("prometheus-url", "required when activity-source is prometheus"));
+        for (value, says) in [
+            ("https://prom:9090", "https is not supported"),
+            ("prom:9090", "expected http://"),
+            ("http://:9090", "invalid host"),
+            ("http://prom:0", "invalid port"),
+            ("http://prom:x", "invalid port"),
+            ("http://[::1:9090", "unclosed"),
+            ("http://prom:9090/?q=1", "no query"),
+        ] {
+            let e = HttpUrl::parse(value).unwrap_err();
+            assert!(e.contains(says), "{value}: {e}");
+        }
+        let e = Settings::from_pairs([("activity-source", "kafka")], "").unwrap_err();
+        assert!(e[0].reason.contains("expected gateways or prometheus"), "{}", e[0].reason);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod leader;
 pub mod metrics;
+pub mod prometheus;
 pub mod reaper;
 pub mod scale;
 pub mod scrape;

@@ -62,7 +62,7 @@ impl ScalerMetrics {
         registry.register(proto::metrics::SCALE_DOWNS, "Scale-downs to zero, by reason", m.scale_downs.clone());
         registry.register(
             "reaper_scrape_failures",
-            "Gateway replicas whose metrics could not be read (that round scaled nothing down)",
+            "Readings of the gateways' activity that failed: a replica, or Prometheus with activity-source prometheus, could not be read (that round scaled nothing down)",
             m.scrape_failures.clone(),
         );
         registry.register("reaper_rounds", "Idle checks, by outcome (done, skipped)", m.rounds.clone());

@@ -1,7 +1,10 @@
 //! The cluster reaper: on the leader, every `reaper-interval`, read all
-//! gateway replicas, apply [`crate::reaper::decide`] to every solution that is
-//! up, confirm with a second reading, then scale it to zero and record an Event
-//! on its Deployment. An unreadable replica makes the round scale nothing down.
+//! gateway replicas (or Prometheus, `activity-source = prometheus`), apply
+//! [`crate::reaper::decide`] to every solution that is up, confirm with a
+//! second reading, then scale it to zero and record an Event on its
+//! Deployment. An unreadable replica makes the round scale nothing down; a
+//! solution that no replica reports (not yet known to the gateways, or not
+//! scraped by Prometheus) is not scaled down either.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,12 +16,17 @@ use kube::Api;
 use kube::Resource;
 use kube::api::ListParams;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use proto::settings::ActivitySource;
 use proto::{Phase, Settings, SolutionSpec};
 use tokio::sync::watch;
 
-use super::scrape::{self, Activity};
+use super::scrape::{self, Activity, ScrapeError};
 use super::{Args, metrics::ScalerMetrics, scale};
 use crate::reaper::{Decision, Observed, decide};
+
+/// Longest wait for Prometheus to scrape every gateway after an idle decision
+/// (several scrape intervals of the usual 15–60 s).
+const CONFIRM_WAIT: Duration = Duration::from_secs(180);
 
 /// The leader's idle loop.
 pub struct Reaper {
@@ -100,8 +108,9 @@ impl Reaper {
                 return;
             }
         };
-        let Some(activity) = self.read().await else { return };
+        let Some(activity) = self.read(settings).await else { return };
         let now = SystemTime::now();
+        let mut idle = Vec::new();
         for spec in solutions {
             let proto::Backend::Cluster(c) = &spec.backend else { continue };
             let api: Api<Deployment> = Api::namespaced(self.client.clone(), &c.namespace);
@@ -118,20 +127,39 @@ impl Reaper {
                 }
             }
             let since = *self.up_since.entry(key).or_insert(now);
-            let observed = observe(&activity, &spec, since);
-            let Decision::Sleep(idle) = decide(now, &observed) else { continue };
-            // Confirm with a fresh reading: a request may have arrived since.
-            let Some(again) = self.read().await else { return };
-            if decide(SystemTime::now(), &observe(&again, &spec, since)) == Decision::Keep {
+            if !activity.last_request.contains_key(&spec.name) {
+                // Every gateway that knows a solution reports its gauge (0 before
+                // the first request): none does, so its activity is unknown.
+                tracing::warn!(solution = %spec.name, source = ?settings.activity_source, "no gateway reports this solution: not scaling it down");
                 continue;
             }
-            self.scale_down(&api, &spec, &c.deployment, idle).await;
+            if let Decision::Sleep(_) = decide(now, &observe(&activity, &spec, since)) {
+                let deployment = c.deployment.clone();
+                idle.push((spec, api, deployment, since));
+            }
+        }
+        if !idle.is_empty() {
+            // Confirm with a reading taken after this decision: a request may have arrived since.
+            let Some(again) = self.confirm(settings, now).await else { return };
+            for (spec, api, deployment, since) in idle {
+                if let Decision::Sleep(idle) = decide(SystemTime::now(), &observe(&again, &spec, since)) {
+                    self.scale_down(&api, &spec, &deployment, idle).await;
+                }
+            }
         }
         self.metrics.round("done");
     }
 
-    async fn read(&self) -> Option<Activity> {
-        match scrape::activity(&self.client, &self.args.namespace, &self.args.gateway_service).await {
+    async fn read(&self, settings: &Settings) -> Option<Activity> {
+        let reading = match (settings.activity_source, &settings.prometheus_url) {
+            (ActivitySource::Gateways, _) => scrape::activity(&self.client, &self.args.namespace, &self.args.gateway_service).await,
+            (ActivitySource::Prometheus, Some(url)) => super::prometheus::activity(url).await,
+            (ActivitySource::Prometheus, None) => Err(ScrapeError::Prometheus {
+                url: String::new(),
+                reason: "activity-source is prometheus but prometheus-url is missing or invalid".into(),
+            }),
+        };
+        match reading {
             Ok(a) => Some(a),
             Err(e) => {
                 tracing::warn!("not scaling anything down this round: {e}");
@@ -139,6 +167,30 @@ impl Reaper {
                 self.metrics.round("skipped");
                 None
             }
+        }
+    }
+
+    /// A reading that includes every request up to `decided` at least. The
+    /// gateways are read live; Prometheus has to have scraped every gateway
+    /// since (its newest samples may be one scrape interval old), which is
+    /// waited for up to [`CONFIRM_WAIT`].
+    async fn confirm(&self, settings: &Settings, decided: SystemTime) -> Option<Activity> {
+        let deadline = tokio::time::Instant::now() + CONFIRM_WAIT;
+        loop {
+            let reading = self.read(settings).await?;
+            match reading.as_of {
+                Some(t) if UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0)) < decided => {}
+                _ => return Some(reading),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "Prometheus has not scraped every gateway within {}s of the idle decision: not scaling anything down this round",
+                    CONFIRM_WAIT.as_secs()
+                );
+                self.metrics.round("skipped");
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 

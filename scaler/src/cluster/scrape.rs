@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -28,6 +28,9 @@ pub struct Activity {
     pub last_request: HashMap<String, f64>,
     /// In flight + held + open streams per solution, summed.
     pub busy: HashMap<String, f64>,
+    /// Unix time of the oldest sample this reading is made of, where it is
+    /// not live (Prometheus's scrapes); `None` for a live reading.
+    pub as_of: Option<f64>,
 }
 
 impl Activity {
@@ -72,6 +75,14 @@ pub enum ScrapeError {
         /// What went wrong.
         reason: String,
     },
+    /// Prometheus did not answer, or answered something unusable.
+    #[error("prometheus at {url}: {reason}")]
+    Prometheus {
+        /// Its URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// The admin addresses of the ready gateway replicas.
@@ -97,19 +108,27 @@ pub async fn gateways(client: &kube::Client, namespace: &str, service: &str) -> 
 /// Reads one replica's `/metrics`.
 pub async fn page(addr: SocketAddr) -> Result<String, ScrapeError> {
     let fail = |reason: String| ScrapeError::Replica { addr, reason };
+    let (status, body) = fetch(addr, &addr.to_string(), "/metrics").await.map_err(fail)?;
+    if !status.is_success() {
+        return Err(fail(format!("status {status}")));
+    }
+    Ok(body)
+}
+
+/// One HTTP/1.1 GET of `path` from `connect`, with `host` as its `Host`:
+/// the answer's status and body (at most [`MAX_PAGE`]), within [`SCRAPE_TIMEOUT`].
+pub(super) async fn fetch(connect: impl tokio::net::ToSocketAddrs, host: &str, path: &str) -> Result<(StatusCode, String), String> {
     let fetch = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| fail(e.to_string()))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| fail(e.to_string()))?;
+        let stream = tokio::net::TcpStream::connect(connect).await.map_err(|e| e.to_string())?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = Request::get("/metrics").header("host", addr.to_string()).body(Empty::<Bytes>::new()).map_err(|e| fail(e.to_string()))?;
-        let resp = send.send_request(req).await.map_err(|e| fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(fail(format!("status {}", resp.status())));
-        }
-        let body = Limited::new(resp.into_body(), MAX_PAGE).collect().await.map_err(|e| fail(e.to_string()))?.to_bytes();
-        Ok(String::from_utf8_lossy(&body).into_owned())
+        let req = Request::get(path).header("host", host).body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_PAGE).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    tokio::time::timeout(SCRAPE_TIMEOUT, fetch).await.unwrap_or_else(|_| Err(fail("timed out".into())))
+    tokio::time::timeout(SCRAPE_TIMEOUT, fetch).await.unwrap_or_else(|_| Err("timed out".into()))
 }
 
 /// Reads every replica; fails if any one cannot be read.
