@@ -226,6 +226,69 @@ async fn two_gateways_and_two_scalers_wake_and_sleep_a_deployment() {
     drop(c.scalers.drain(..));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiting_page_follows_a_cluster_wake_up_through_its_pods() {
+    let mut c = Cluster::start_with(&[], 1).await;
+    // A solution whose image "pulls" for 1.5 s and whose process listens 1.5 s after it starts.
+    c.api
+        .put(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "slow", "namespace": "solutions", "labels": {"wakegate.io/expose": "true"},
+                "annotations": {"wakegate.io/idle-timeout": "1m"}},
+            "spec": {"selector": {"app": "slow"}, "ports": [{"name": "http", "port": 8080}]}}))
+        .unwrap();
+    c.api
+        .put(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "slow", "namespace": "solutions"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "slow"}},
+                "template": {"metadata": {"labels": {"app": "slow"}, "annotations": {"kubeapi.wakegate.dev/pull-delay-ms": "1500"}},
+                    "spec": {"terminationGracePeriodSeconds": 2, "containers": [{"name": "slow", "image": "example/slow",
+                        "command": ["python3", testapp().display().to_string(), "--name", "slow", "--startup-delay", "1.5"],
+                        "ports": [{"containerPort": 8080, "name": "http"}], "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}}}]}}}}))
+        .unwrap();
+    let public = c.public(0);
+    let status = || async move {
+        let r = get(public, "slow.aim.test", "/.well-known/wakegate/status", &[("accept", "application/json")]).await.ok()?;
+        serde_json::from_str::<Value>(&r.body).ok()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async { status().await.is_some_and(|s| s["phase"] == "cold") }).await,
+        "the gateway knows it"
+    );
+
+    // A browser's first visit: the waiting page, with the cluster's steps.
+    let page = get(public, "slow.aim.test", "/", &[("accept", "text/html")]).await.unwrap();
+    assert_eq!(page.status, 503, "{}", page.body);
+    for step in ["scale requested", "pod scheduled", "container started", "ready"] {
+        assert!(page.body.contains(&format!(">{step}</li>")), "{step} in\n{}", page.body);
+    }
+
+    // What the page follows, sampled until ready.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status().await.unwrap_or_default();
+        let now =
+            (s["step"].as_str().unwrap_or(s["phase"].as_str().unwrap_or("?")).to_string(), s["detail"].as_str().unwrap_or("").to_string());
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        if s["phase"] == "ready" || Instant::now() > until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("steps seen: {seen:?}");
+    let steps: Vec<&str> = seen.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(steps.last(), Some(&"ready"), "{seen:?}\n{}", c.gateways[0].log());
+    let order = ["scale-requested", "pod-scheduled", "container-started", "ready"];
+    let ranks: Vec<usize> = steps.iter().map(|s| order.iter().position(|o| o == s).unwrap_or(usize::MAX)).collect();
+    assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "steps in order: {seen:?}");
+    assert!(seen.contains(&("pod-scheduled".into(), "ContainerCreating".into())), "the pull was shown: {seen:?}");
+    assert!(steps.contains(&"container-started"), "the start was shown: {seen:?}");
+    assert_eq!(get(public, "slow.aim.test", "/hello", &[]).await.unwrap().body, "hello from slow\n");
+    drop(c.gateways.drain(..));
+    drop(c.scalers.drain(..));
+}
+
 /// Debian's Prometheus on a loopback port, scraping `targets` every 500 ms.
 struct Prometheus {
     proc: Proc,

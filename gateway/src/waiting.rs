@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
-use proto::Phase;
+use proto::{Backend, Phase, WakeStep};
 use scaler::SolutionState;
 
 use crate::body::Body;
@@ -41,6 +41,8 @@ pub fn status_json(sol: &SolutionRt, s: &SolutionState) -> String {
         "eta_ms": s.eta.map(|d| d.as_millis() as u64),
         "message": s.failure.as_ref().map(|f| f.message.as_str()),
         "retry_in_ms": retry_in,
+        "step": s.step.map(WakeStep::as_str),
+        "detail": s.detail.as_deref(),
     })
     .to_string()
 }
@@ -90,7 +92,11 @@ pub fn page(sol: &SolutionRt, s: &SolutionState) -> Response<Body> {
     let name = html_escape(&sol.name);
     // Inside <script> entities are not decoded: keep the JSON, but never let it close the tag.
     let initial = status_json(sol, s).replace('<', "\\u003c");
-    let body = PAGE.replace("{{name}}", &name).replace("{{status}}", &initial).replace("{{path}}", STATUS_PATH);
+    let cluster = matches!(sol.spec.load().backend, Backend::Cluster(_));
+    let steps = if cluster { CLUSTER_STEPS } else { LOCAL_STEPS };
+    let steps: String = steps.iter().map(|(key, label)| format!("<li data-p=\"{key}\">{label}</li>")).collect();
+    let body =
+        PAGE.replace("{{name}}", &name).replace("{{steps}}", &steps).replace("{{status}}", &initial).replace("{{path}}", STATUS_PATH);
     let mut r = Response::new(Body::full(body));
     *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     let h = r.headers_mut();
@@ -99,6 +105,16 @@ pub fn page(sol: &SolutionRt, s: &SolutionState) -> Response<Body> {
     h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }
+
+/// The steps shown for a local process: its phases.
+const LOCAL_STEPS: &[(&str, &str)] = &[("starting", "starting"), ("probing", "checking"), ("ready", "ready")];
+/// The steps shown for a cluster solution: its Pods' [`WakeStep`]s, then ready.
+const CLUSTER_STEPS: &[(&str, &str)] = &[
+    ("scale-requested", "scale requested"),
+    ("pod-scheduled", "pod scheduled"),
+    ("container-started", "container started"),
+    ("ready", "ready"),
+];
 
 const PAGE: &str = r##"<!doctype html>
 <html lang="en">
@@ -126,9 +142,10 @@ const PAGE: &str = r##"<!doctype html>
 <main>
  <h1>Starting <strong>{{name}}</strong></h1>
  <p>This demo sleeps while nobody uses it. It is waking up for you; this page continues by itself.</p>
- <ol id="steps"><li data-p="starting">starting</li><li data-p="probing">checking</li><li data-p="ready">ready</li></ol>
+ <ol id="steps">{{steps}}</ol>
  <div class="bar"><div id="bar"></div></div>
  <p id="line">Waiting…</p>
+ <p id="detail" hidden></p>
  <p id="err" class="err" hidden></p>
  <small>wakegate</small>
 </main>
@@ -137,23 +154,28 @@ const PAGE: &str = r##"<!doctype html>
 (function () {
   "use strict";
   var url = "{{path}}";
-  var order = ["starting", "probing", "ready"];
+  var items = document.querySelectorAll("#steps li");
+  var order = Array.prototype.map.call(items, function (li) { return li.getAttribute("data-p"); });
   var s = JSON.parse(document.getElementById("initial").textContent);
   var seenAt = Date.now();
   var done = false;
   function fmt(ms) { return (ms / 1000).toFixed(1) + " s"; }
   function draw() {
     var elapsed = s.elapsed_ms == null ? null : s.elapsed_ms + (Date.now() - seenAt);
-    var idx = order.indexOf(s.phase);
-    document.querySelectorAll("#steps li").forEach(function (li, i) {
+    // A cluster wake-up names its step (from the Pods); a local one its phase.
+    var idx = order.indexOf(s.step && s.phase !== "ready" ? s.step : s.phase);
+    items.forEach(function (li, i) {
       li.className = i < idx ? "done" : (i === idx ? "now" : "");
     });
-    var line = "Waiting for " + s.phase + "…";
+    var line = "Waiting for " + (idx >= 0 ? items[idx].textContent : s.phase) + "…";
     if (elapsed != null) line = "Waking up: " + fmt(elapsed);
     if (elapsed != null && s.eta_ms) line += " (usually takes about " + fmt(s.eta_ms) + ")";
     document.getElementById("line").textContent = line;
     var pct = (elapsed != null && s.eta_ms) ? Math.min(95, 100 * elapsed / s.eta_ms) : (idx < 0 ? 5 : 30 * (idx + 1));
     document.getElementById("bar").style.width = pct + "%";
+    var detail = document.getElementById("detail");
+    detail.hidden = !s.detail || s.phase === "failed";
+    detail.textContent = s.detail ? "Now: " + s.detail : "";
     var err = document.getElementById("err");
     if (s.phase === "failed" && s.message) { err.hidden = false; err.textContent = "It could not be started: " + s.message + ". Retrying automatically."; }
     else { err.hidden = true; }

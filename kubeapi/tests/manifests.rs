@@ -70,6 +70,7 @@ const CONTRACT: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("wakegate-gateway", "solutions", "", "services", "", "list watch"),
     ("wakegate-gateway", "solutions", "networking.k8s.io", "ingresses", "", "list watch"),
     ("wakegate-gateway", "solutions", "discovery.k8s.io", "endpointslices", "", "list watch"),
+    ("wakegate-gateway", "solutions", "", "pods", "", "list watch"),
     ("wakegate-scaler", "wakegate", "", "configmaps", "wakegate-config", "get"),
     ("wakegate-scaler", "wakegate", "coordination.k8s.io", "leases", proto::cluster::SCALER_LEASE, "get update"),
     ("wakegate-scaler", "wakegate", "coordination.k8s.io", "leases", "", "create"),

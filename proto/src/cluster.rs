@@ -95,6 +95,7 @@ pub fn solution_from_service(
             service: name.to_string(),
             deployment: annotations.get(ANNOTATION_DEPLOYMENT).cloned().unwrap_or_else(|| name.to_string()),
             port: annotations.get(ANNOTATION_PORT).cloned(),
+            pods: None,
         }),
         settings,
         overrides,

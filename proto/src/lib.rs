@@ -15,6 +15,6 @@ pub mod units;
 
 pub use config::Config;
 pub use error::{ConfigError, ConfigErrors};
-pub use phase::Phase;
+pub use phase::{Phase, WakeStep};
 pub use settings::{Settings, SolutionSettings};
 pub use solution::{Backend, Probe, SolutionSpec, Upstream};

@@ -38,3 +38,28 @@ impl Phase {
         matches!(self, Phase::Starting | Phase::Probing)
     }
 }
+
+/// How far a cluster wake-up has come, as the solution's Pods show it: the
+/// steps the waiting page names while the phase is [`Phase::Starting`] or
+/// [`Phase::Probing`] (a local process has no such steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WakeStep {
+    /// The Deployment was asked to scale up; no Pod is on a node yet.
+    ScaleRequested,
+    /// A Pod is on a node: its image is pulled, its container created.
+    PodScheduled,
+    /// Its container runs; waiting for its readiness probe.
+    ContainerStarted,
+}
+
+impl WakeStep {
+    /// The name used in the status JSON and the page.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WakeStep::ScaleRequested => "scale-requested",
+            WakeStep::PodScheduled => "pod-scheduled",
+            WakeStep::ContainerStarted => "container-started",
+        }
+    }
+}

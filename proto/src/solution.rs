@@ -49,6 +49,9 @@ pub struct ClusterRef {
     pub deployment: String,
     /// The Service port to use: a name, or a number as text; `None` = the first port.
     pub port: Option<String>,
+    /// The Service's pod selector as a label selector (`app=web,tier=ui`), to
+    /// follow a wake-up's Pods; `None` for a Service without one.
+    pub pods: Option<String>,
 }
 
 /// A local command serving HTTP on the port it is given.

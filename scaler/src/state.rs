@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use proto::Phase;
+use proto::{Phase, WakeStep};
 use tokio::sync::watch;
 
 /// A solution's observable state; replaced whole on every change.
@@ -29,6 +29,11 @@ pub struct SolutionState {
     pub eta: Option<Duration>,
     /// Successful wake-ups so far.
     pub wakeups: u64,
+    /// How far a cluster wake-up has come, from its Pods; only while waking.
+    pub step: Option<WakeStep>,
+    /// What the most advanced Pod waits for (`ImagePullBackOff: …`,
+    /// `0/3 nodes are available: …`); only while waking.
+    pub detail: Option<Arc<str>>,
 }
 
 /// Why the last start failed and when the next may be tried.
@@ -57,12 +62,16 @@ impl SolutionState {
             failure: None,
             eta: None,
             wakeups: 0,
+            step: None,
+            detail: None,
         }
     }
 
-    /// This state moved to `phase`, stamped now.
+    /// This state moved to `phase`, stamped now; a wake-up's step and detail
+    /// are kept only while it is still waking.
     pub fn to(&self, phase: Phase) -> Self {
-        Self { phase, since: Instant::now(), since_wall: SystemTime::now(), ..self.clone() }
+        let (step, detail) = if phase.is_waking() { (self.step, self.detail.clone()) } else { (None, None) };
+        Self { phase, since: Instant::now(), since_wall: SystemTime::now(), step, detail, ..self.clone() }
     }
 
     /// Whether requests should wait (rather than be refused or forwarded).

@@ -12,17 +12,26 @@ use kube::ResourceExt;
 use kube::runtime::watcher::Event;
 
 /// The EndpointSlices of one Service, by name, as last listed and watched.
-/// A relist is buffered until it is complete, so the gateway keeps serving
-/// the old set while the API is away and swaps to the new one at once.
-#[derive(Debug, Default)]
-pub struct Slices {
-    current: BTreeMap<String, EndpointSlice>,
-    relist: Option<BTreeMap<String, EndpointSlice>>,
+pub type Slices = Known<EndpointSlice>;
+
+/// Objects of one watch, by name, as last listed and watched. A relist is
+/// buffered until it is complete, so the gateway keeps serving the old set
+/// while the API is away and swaps to the new one at once.
+#[derive(Debug)]
+pub struct Known<K> {
+    current: BTreeMap<String, K>,
+    relist: Option<BTreeMap<String, K>>,
 }
 
-impl Slices {
+impl<K> Default for Known<K> {
+    fn default() -> Self {
+        Self { current: BTreeMap::new(), relist: None }
+    }
+}
+
+impl<K: kube::Resource + Clone + PartialEq> Known<K> {
     /// Takes one watcher event; returns whether the current set changed.
-    pub fn apply(&mut self, event: Event<EndpointSlice>) -> bool {
+    pub fn apply(&mut self, event: Event<K>) -> bool {
         match event {
             Event::Init => {
                 self.relist = Some(BTreeMap::new());
@@ -49,8 +58,8 @@ impl Slices {
         self.relist = None;
     }
 
-    /// The slices known now.
-    pub fn iter(&self) -> impl Iterator<Item = &EndpointSlice> {
+    /// The objects known now.
+    pub fn iter(&self) -> impl Iterator<Item = &K> {
         self.current.values()
     }
 }

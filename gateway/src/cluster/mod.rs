@@ -14,6 +14,7 @@ pub mod endpoints;
 pub mod lease;
 pub mod live;
 pub mod orchestrator;
+pub mod pods;
 pub mod settings;
 pub mod solutions;
 pub mod supervisor;

@@ -146,6 +146,12 @@ fn service_backend(b: &IngressBackend) -> Option<(&str, Option<ServiceBackendPor
     b.service.as_ref().map(|s| (s.name.as_str(), s.port.clone()))
 }
 
+/// A Service's `spec.selector` as a label selector, if it has one.
+fn pod_selector(service: &Service) -> Option<String> {
+    let selector = service.spec.as_ref()?.selector.as_ref().filter(|s| !s.is_empty())?;
+    Some(selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+}
+
 /// The spec of one candidate, or `None` (with a problem) if it cannot be served.
 fn solution(namespace: &str, settings: &Settings, c: &Candidate<'_>, problems: &mut Vec<ConfigError>) -> Option<SolutionSpec> {
     let mut annotations = c.service.annotations().clone();
@@ -155,8 +161,11 @@ fn solution(namespace: &str, settings: &Settings, c: &Candidate<'_>, problems: &
     let (spec, errors) = solution_from_service(namespace, &c.service.name_any(), &annotations, &settings.solution);
     problems.extend(errors);
     let mut spec = spec?;
-    if let (Some(port), Backend::Cluster(target)) = (&c.port, &mut spec.backend) {
-        target.port = Some(port.clone());
+    if let Backend::Cluster(target) = &mut spec.backend {
+        if let Some(port) = &c.port {
+            target.port = Some(port.clone());
+        }
+        target.pods = pod_selector(c.service);
     }
     Some(spec)
 }

@@ -4,7 +4,9 @@
 //! at most: the task owns it, so wake-ups are single-flight by construction).
 //!
 //! Phases: `Cold` (no ready endpoint) → `Starting` (wake requested) →
-//! `Probing` (a pod runs, not ready yet) → `Ready`. A Service reported ready
+//! `Probing` (a pod runs, not ready yet) → `Ready`. While waking, the
+//! solution's Pods are watched for the waiting page's finer steps (scale
+//! requested → pod scheduled → container started) and what holds them up. A Service reported ready
 //! is connected to once before `Ready` is published: the API can announce an
 //! endpoint a moment before this replica can reach it, and a held request
 //! released then would fail. A wake that does not end in time is `Failed`
@@ -25,12 +27,13 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use proto::cluster::{WakeRequest, WakeResponse};
 use proto::solution::ClusterRef;
-use proto::{Backend, Phase, Probe, SolutionSpec};
+use proto::{Backend, Phase, Probe, SolutionSpec, WakeStep};
 use scaler::probe::{self, ProbeResult};
 use scaler::{Cmd, Failure, Observer, SolutionState, StateCell, WakeOutcome};
 use tokio::sync::mpsc;
 
 use super::endpoints::{self, Slices};
+use super::pods::{self, PodStream, Pods};
 use super::wake::{CallError, Waker};
 
 /// Past wake-ups kept for the estimate shown on the waiting page.
@@ -64,6 +67,8 @@ pub struct Supervisor {
     watch_failing: bool,
     /// When the wake-up under way began.
     waking: Option<Instant>,
+    /// The Pods of the wake-up under way (when the Service has a selector).
+    pods: Option<(PodStream, Pods)>,
     call: Pending<Result<WakeResponse, CallError>>,
     probe: Pending<(SocketAddr, bool)>,
     history: VecDeque<Duration>,
@@ -79,6 +84,13 @@ fn slice_stream(client: kube::Client, target: &ClusterRef) -> SliceStream {
 async fn pending<T>(slot: &mut Pending<T>) -> T {
     match slot {
         Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_pod(pods: &mut Option<(PodStream, Pods)>) -> Option<Result<watcher::Event<k8s_openapi::api::core::v1::Pod>, watcher::Error>> {
+    match pods {
+        Some((stream, _)) => stream.next().await,
         None => std::future::pending().await,
     }
 }
@@ -128,6 +140,7 @@ impl Supervisor {
             stream,
             watch_failing: false,
             waking: None,
+            pods: None,
             call: None,
             probe: None,
             history: VecDeque::new(),
@@ -163,6 +176,7 @@ impl Supervisor {
                     self.probe = None;
                     self.probed(addr, ok);
                 }
+                event = next_pod(&mut self.pods) => self.pod_event(event),
                 _ = sleep_until(deadline), if deadline.is_some() => self.timed_out(),
             }
         }
@@ -232,6 +246,41 @@ impl Supervisor {
         }
     }
 
+    fn pod_event(&mut self, event: Option<Result<watcher::Event<k8s_openapi::api::core::v1::Pod>, watcher::Error>>) {
+        let Some((_, known)) = &mut self.pods else { return };
+        match event {
+            Some(Ok(e)) => {
+                if !known.apply(e) {
+                    return;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::debug!(solution = %self.spec.name, "watching Pods: {e}");
+                return;
+            }
+            None => {
+                self.pods = None;
+                return;
+            }
+        }
+        let (step, detail) = pods::progress(known.iter());
+        let cur = self.cell.load();
+        if !cur.phase.is_waking() || (cur.step == Some(step) && cur.detail.as_deref() == detail.as_deref()) {
+            return;
+        }
+        tracing::debug!(solution = self.name(), step = step.as_str(), detail = detail.as_deref().unwrap_or(""), "wake-up step");
+        let mut next = (*cur).clone();
+        next.step = Some(step);
+        next.detail = detail.map(Arc::from);
+        self.publish(next);
+    }
+
+    /// Follows the wake-up's Pods, if the Service says which they are.
+    fn watch_pods(&mut self) {
+        self.pods =
+            self.target.pods.as_deref().map(|sel| (pods::stream(self.client.clone(), &self.target.namespace, sel), Pods::default()));
+    }
+
     fn probed(&mut self, addr: SocketAddr, ok: bool) {
         let addrs = self.ready_now();
         if addrs.is_empty() {
@@ -244,6 +293,7 @@ impl Supervisor {
         next.endpoints = Arc::from(addrs);
         next.failure = None;
         next.wake_started = None;
+        self.pods = None;
         match self.waking.take() {
             Some(started) => {
                 self.call = None;
@@ -278,7 +328,10 @@ impl Supervisor {
         next.wake_started = Some(now);
         next.eta = self.eta();
         next.failure = None;
+        next.step = Some(WakeStep::ScaleRequested);
+        next.detail = None;
         self.publish(next);
+        self.watch_pods();
         let req = WakeRequest {
             namespace: self.target.namespace.clone(),
             deployment: self.target.deployment.clone(),
@@ -304,7 +357,13 @@ impl Supervisor {
     fn timed_out(&mut self) {
         let Some(started) = self.waking else { return };
         let wait = proto::units::format_duration(self.spec.settings.startup_timeout);
-        let why = if self.call.is_some() { " (the scaler could not be reached)" } else { "" };
+        let cur = self.cell.load();
+        let why = match (&self.call, &cur.step, &cur.detail) {
+            (Some(_), ..) => " (the scaler could not be reached)".to_string(),
+            (None, Some(step), Some(detail)) => format!(" (at {}: {detail})", step.as_str()),
+            (None, Some(step), None) => format!(" (at {})", step.as_str()),
+            (None, None, _) => String::new(),
+        };
         self.fail(format!("did not become ready within {wait}{why}"), WakeOutcome::Timeout, started.elapsed());
     }
 
@@ -314,6 +373,7 @@ impl Supervisor {
         self.waking = None;
         self.call = None;
         self.probe = None;
+        self.pods = None;
         tracing::warn!(solution = self.name(), retry_in = ?backoff, "wake-up failed: {message}");
         let mut next = self.cell.load().to(Phase::Failed);
         next.endpoints = Arc::from(Vec::new());
@@ -340,6 +400,9 @@ impl Supervisor {
                 }
             }
             self.target = target.clone();
+            if self.pods.is_some() {
+                self.watch_pods();
+            }
         }
         self.spec = spec;
         self.reconcile();

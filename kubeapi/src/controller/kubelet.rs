@@ -47,6 +47,8 @@ pub struct ContainerSpec {
     pub failure_threshold: u32,
     /// SIGTERM to SIGKILL (`terminationGracePeriodSeconds`).
     pub grace: Duration,
+    /// The simulated image pull before the first start.
+    pub pull: Duration,
 }
 
 /// A readiness check against the container's port.
@@ -93,6 +95,13 @@ pub async fn run(pod: String, spec: ContainerSpec, state: watch::Sender<RunState
         }
     };
     report(&|s| s.port = port);
+    tokio::select! {
+        _ = tokio::time::sleep(spec.pull) => {}
+        _ = &mut stop => {
+            report(&|s| s.finished = true);
+            return;
+        }
+    }
     loop {
         let mut child = match spawn(&spec, port) {
             Ok(child) => Running::new(child),

@@ -20,6 +20,11 @@ pub const NODE_NAME: &str = "kubeapi-node";
 /// Annotation on a simulated Pod: the loopback port its process serves on.
 pub const PORT_ANNOTATION: &str = "kubeapi.wakegate.dev/port";
 
+/// Annotation on a Deployment's pod template: how long the simulated kubelet
+/// "pulls the image" (the Pod is scheduled, its container waits in
+/// `ContainerCreating`) before it starts the process. Milliseconds; 0 by default.
+pub const PULL_DELAY_ANNOTATION: &str = "kubeapi.wakegate.dev/pull-delay-ms";
+
 /// SIGTERM to SIGKILL when the template sets no `terminationGracePeriodSeconds`
 /// (kube's default is 30 s; 5 s keeps tests of stuck processes short).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -52,7 +57,13 @@ pub fn template(deployment: &Value) -> Template {
     let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
     let container = (text(c.get("name")), text(c.get("image")));
     let grace = spec.get("terminationGracePeriodSeconds").and_then(Value::as_u64).map_or(DEFAULT_GRACE, Duration::from_secs);
-    Template { hash, labels, container, run: container_spec(&c, grace), spec }
+    let pull = template
+        .pointer(&format!("/metadata/annotations/{}", PULL_DELAY_ANNOTATION.replace('/', "~1")))
+        .and_then(Value::as_str)
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_millis);
+    let run = container_spec(&c, grace).map(|run| ContainerSpec { pull, ..run });
+    Template { hash, labels, container, run, spec }
 }
 
 fn container_spec(c: &Value, grace: Duration) -> Result<ContainerSpec, String> {
@@ -83,7 +94,7 @@ fn container_spec(c: &Value, grace: Duration) -> Result<ContainerSpec, String> {
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(DEFAULT_FAILURE_THRESHOLD);
     let cwd = c.get("workingDir").and_then(Value::as_str).map(str::to_string);
-    Ok(ContainerSpec { argv, env, cwd, probe, failure_threshold, grace })
+    Ok(ContainerSpec { argv, env, cwd, probe, failure_threshold, grace, pull: Duration::ZERO })
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -60,7 +60,13 @@ fn labelled_services_are_solutions_with_their_annotations() {
     let words = &specs[1];
     assert_eq!(
         target(words),
-        &ClusterRef { namespace: "solutions".into(), service: "nlp".into(), deployment: "nlp-v2".into(), port: None }
+        &ClusterRef {
+            namespace: "solutions".into(),
+            service: "nlp".into(),
+            deployment: "nlp-v2".into(),
+            port: None,
+            pods: Some("app=nlp".into())
+        }
     );
     assert_eq!(words.description.as_deref(), Some("Reads text"));
     assert_eq!(words.settings.idle_timeout, Duration::from_secs(7200));
