@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use wakegate_tests::{Proc, eventually, get, metric, testapp};
+use wakegate_tests::{Proc, chromium, eventually, get, metric, testapp};
 
 const TOKEN: &str = "wake-token-for-tests";
 const GATEWAY_SA: &str = "wakegate-gateway";
@@ -229,7 +229,7 @@ async fn two_gateways_and_two_scalers_wake_and_sleep_a_deployment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_waiting_page_follows_a_cluster_wake_up_through_its_pods() {
     let mut c = Cluster::start_with(&[], 1).await;
-    // A solution whose image "pulls" for 1.5 s and whose process listens 1.5 s after it starts.
+    // A solution whose image "pulls" for 3 s and whose process listens 2 s after it starts.
     c.api
         .put(json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "slow", "namespace": "solutions", "labels": {"wakegate.io/expose": "true"},
@@ -239,9 +239,9 @@ async fn the_waiting_page_follows_a_cluster_wake_up_through_its_pods() {
     c.api
         .put(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "slow", "namespace": "solutions"},
             "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "slow"}},
-                "template": {"metadata": {"labels": {"app": "slow"}, "annotations": {"kubeapi.wakegate.dev/pull-delay-ms": "1500"}},
+                "template": {"metadata": {"labels": {"app": "slow"}, "annotations": {"kubeapi.wakegate.dev/pull-delay-ms": "3000"}},
                     "spec": {"terminationGracePeriodSeconds": 2, "containers": [{"name": "slow", "image": "example/slow",
-                        "command": ["python3", testapp().display().to_string(), "--name", "slow", "--startup-delay", "1.5"],
+                        "command": ["python3", testapp().display().to_string(), "--name", "slow", "--startup-delay", "2"],
                         "ports": [{"containerPort": 8080, "name": "http"}], "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}}}]}}}}))
         .unwrap();
     let public = c.public(0);
@@ -253,6 +253,8 @@ async fn the_waiting_page_follows_a_cluster_wake_up_through_its_pods() {
         eventually(Duration::from_secs(10), || async { status().await.is_some_and(|s| s["phase"] == "cold") }).await,
         "the gateway knows it"
     );
+    let resolve = "--host-resolver-rules=MAP *.aim.test 127.0.0.1";
+    let browser = chromium::Browser::launch(&[resolve]).await;
 
     // A browser's first visit: the waiting page, with the cluster's steps.
     let page = get(public, "slow.aim.test", "/", &[("accept", "text/html")]).await.unwrap();
@@ -261,8 +263,14 @@ async fn the_waiting_page_follows_a_cluster_wake_up_through_its_pods() {
         assert!(page.body.contains(&format!(">{step}</li>")), "{step} in\n{}", page.body);
     }
 
-    // What the page follows, sampled until ready.
+    // A person opens it in Chromium meanwhile: the page shows the step it is at,
+    // and what the Pod waits for, then becomes the solution's own page.
+    let url = format!("http://slow.aim.test:{}/", public.port());
+    let (browser, mut cdp) = chromium::open_in(browser, &url).await;
+
+    // What the page follows (the status), and what it shows, sampled until the solution's page is there.
     let mut seen: Vec<(String, String)> = Vec::new();
+    let mut shown: Vec<String> = Vec::new();
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let s = status().await.unwrap_or_default();
@@ -271,11 +279,20 @@ async fn the_waiting_page_follows_a_cluster_wake_up_through_its_pods() {
         if seen.last() != Some(&now) {
             seen.push(now);
         }
-        if s["phase"] == "ready" || Instant::now() > until {
+        // Errors are expected while the page reloads (its context goes away).
+        let view = cdp.eval(SHOWN).await.map_or_else(|e| format!("({e:#})"), |v| format!("{} | {} | {}", v[0], v[1], v[2]));
+        if shown.last() != Some(&view) {
+            shown.push(view.clone());
+        }
+        if view.ends_with("\"slow is awake\"") || Instant::now() > until {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!("the page showed:\n  {}", shown.join("\n  "));
+    assert!(shown.iter().any(|v| v.starts_with("\"pod scheduled\" | \"Now: ContainerCreating\"")), "{shown:#?}\n{}", browser.log());
+    assert!(shown.iter().any(|v| v.starts_with("\"container started\" | null")), "{shown:#?}");
+    assert!(shown.last().is_some_and(|v| v.ends_with("\"slow is awake\"")), "the solution's own page, by itself: {shown:#?}");
     eprintln!("steps seen: {seen:?}");
     let steps: Vec<&str> = seen.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(steps.last(), Some(&"ready"), "{seen:?}\n{}", c.gateways[0].log());
@@ -285,9 +302,17 @@ async fn the_waiting_page_follows_a_cluster_wake_up_through_its_pods() {
     assert!(seen.contains(&("pod-scheduled".into(), "ContainerCreating".into())), "the pull was shown: {seen:?}");
     assert!(steps.contains(&"container-started"), "the start was shown: {seen:?}");
     assert_eq!(get(public, "slow.aim.test", "/hello", &[]).await.unwrap().body, "hello from slow\n");
+    drop(cdp);
+    drop(browser);
     drop(c.gateways.drain(..));
     drop(c.scalers.drain(..));
 }
+
+/// The waiting page's current step, its detail line (null while hidden), and
+/// the solution's own `#app` text once it is there.
+const SHOWN: &str = "JSON.stringify([(document.querySelector('#steps li.now') || {}).textContent || null, \
+    (document.getElementById('detail') && !document.getElementById('detail').hidden) ? document.getElementById('detail').textContent : null, \
+    document.getElementById('app') && document.getElementById('app').textContent])";
 
 /// Debian's Prometheus on a loopback port, scraping `targets` every 500 ms.
 struct Prometheus {

@@ -2,6 +2,8 @@
 //! config written to a temporary folder, real solution processes behind it
 //! (`solutions/testapp.py`), and a small HTTP client that sets any Host header.
 
+pub mod chromium;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
