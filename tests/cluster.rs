@@ -384,7 +384,7 @@ async fn the_scaler_can_read_activity_through_prometheus() {
     assert_eq!(get(addrs[0], "web.aim.test", "/hello", &[]).await.unwrap().status, 200);
     tokio::time::sleep(Duration::from_millis(4500)).await;
     assert_eq!(replicas(api), 1, "unknown to Prometheus: kept up");
-    assert!(c.scalers[0].log().contains("no gateway reports this solution"), "{}", c.scalers[0].log());
+    assert!(c.scalers[0].log().contains("no wakegate figures at all"), "{}", c.scalers[0].log());
 
     // Scraping both gateways: a request in flight on one of them, seen only
     // through Prometheus, keeps the solution up past its idle timeout.
@@ -407,9 +407,17 @@ async fn the_scaler_can_read_activity_through_prometheus() {
     assert_eq!(replicas(api), 1);
     c.gateways[1].signal(Signal::SIGSTOP);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(replicas(api), 1, "gateway 1 is not scraped: nothing is scaled down");
-    assert!(c.scalers[0].log().contains("stopped reporting"), "{}", c.scalers[0].log());
+    assert_eq!(replicas(api), 1, "gateway 1 is ready but not scraped: nothing is scaled down");
+    assert!(c.scalers[0].log().contains("figures from 1 gateway(s), 2 are ready"), "{}", c.scalers[0].log());
+    // Kubernetes takes it out of the gateways' EndpointSlices too: still
+    // nothing, since it reported until a moment ago.
+    let slice = api.get("discovery.k8s.io/v1", "endpointslices", "wakegate", "wakegate-gateway-admin-1").unwrap();
+    assert!(api.delete("discovery.k8s.io/v1", "endpointslices", "wakegate", "wakegate-gateway-admin-1"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replicas(api), 1, "gateway 1 went away: nothing is scaled down");
+    assert!(c.scalers[0].log().contains("stopped reporting within the last 5m"), "{}", c.scalers[0].log());
     c.gateways[1].signal(Signal::SIGCONT);
+    api.put(slice).unwrap();
     assert!(eventually(Duration::from_secs(15), || async { replicas(api) == 0 }).await, "reported again: scaled to zero");
     let scaler = get(c.scalers[0].addr("admin"), "scaler", "/metrics", &[]).await.unwrap();
     assert!(metric(&scaler.body, "wakegate_reaper_scrape_failures_total").is_some_and(|n| n >= 1.0), "{}", scaler.body);

@@ -174,6 +174,12 @@ pub const KEYS: &[Key] = &[
         doc: "Prometheus scraping the gateways, plain http (e.g. http://prometheus-operated.monitoring:9090); for activity-source prometheus",
     },
     Key {
+        name: "prometheus-selector",
+        scope: Scope::Global,
+        default: "",
+        doc: "label matchers added to every query, for a Prometheus that scrapes other wakegate installs too (e.g. namespace=\"wakegate\")",
+    },
+    Key {
         name: "trusted-proxies",
         scope: Scope::Global,
         default: "",
@@ -392,6 +398,8 @@ pub struct Settings {
     pub activity_source: ActivitySource,
     /// Prometheus's query API, for [`ActivitySource::Prometheus`].
     pub prometheus_url: Option<HttpUrl>,
+    /// Label matchers scoping those queries to this installation (may be empty).
+    pub prometheus_selector: String,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
     /// Whether every connection starts with a PROXY protocol header.
@@ -429,6 +437,7 @@ impl Default for Settings {
             reaper_interval: DEFAULT_REAPER_INTERVAL,
             activity_source: ActivitySource::Gateways,
             prometheus_url: None,
+            prometheus_selector: String::new(),
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             limit_connections: 0,
@@ -480,6 +489,13 @@ impl Settings {
             "activity-source" => self.activity_source = ActivitySource::parse(value)?,
             "prometheus-url" => {
                 self.prometheus_url = if value.trim().is_empty() { None } else { Some(HttpUrl::parse(value)?) };
+            }
+            "prometheus-selector" => {
+                let v = value.trim();
+                if v.contains(['{', '}', '\n']) {
+                    return Err(format!("{v:?}: label matchers only, without braces, e.g. namespace=\"wakegate\""));
+                }
+                self.prometheus_selector = v.to_string();
             }
             "trusted-proxies" => self.trusted_proxies = parse_cidrs(value)?,
             "proxy-protocol" => self.proxy_protocol = parse_bool(value)?,
@@ -732,6 +748,7 @@ mod tests {
             let e = HttpUrl::parse(value).unwrap_err();
             assert!(e.contains(says), "{value}: {e}");
         }
+        assert!(Settings::from_pairs([("prometheus-selector", "{job=\"x\"}")], "").unwrap_err()[0].reason.contains("without braces"));
         let e = Settings::from_pairs([("activity-source", "kafka")], "").unwrap_err();
         assert!(e[0].reason.contains("expected gateways or prometheus"), "{}", e[0].reason);
     }

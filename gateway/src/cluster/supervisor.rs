@@ -33,7 +33,7 @@ use scaler::{Cmd, Failure, Observer, SolutionState, StateCell, WakeOutcome};
 use tokio::sync::mpsc;
 
 use super::endpoints::{self, Slices};
-use super::pods::{self, PodStream, Pods};
+use super::pods;
 use super::wake::{CallError, Waker};
 
 /// Past wake-ups kept for the estimate shown on the waiting page.
@@ -68,7 +68,7 @@ pub struct Supervisor {
     /// When the wake-up under way began.
     waking: Option<Instant>,
     /// The Pods of the wake-up under way (when the Service has a selector).
-    pods: Option<(PodStream, Pods)>,
+    pods: Option<pods::Watch>,
     call: Pending<Result<WakeResponse, CallError>>,
     probe: Pending<(SocketAddr, bool)>,
     history: VecDeque<Duration>,
@@ -88,10 +88,22 @@ async fn pending<T>(slot: &mut Pending<T>) -> T {
     }
 }
 
-async fn next_pod(pods: &mut Option<(PodStream, Pods)>) -> Option<Result<watcher::Event<k8s_openapi::api::core::v1::Pod>, watcher::Error>> {
+type PodEvent = Option<Result<watcher::Event<k8s_openapi::api::core::v1::Pod>, watcher::Error>>;
+
+async fn next_pod(pods: &mut Option<pods::Watch>) -> PodEvent {
     match pods {
-        Some((stream, _)) => stream.next().await,
+        Some(w) => w.stream.next().await,
         None => std::future::pending().await,
+    }
+}
+
+/// A wake-up's step as the phase confirms it: a Pod that the EndpointSlices
+/// show started is at least "container started", whatever its watch says
+/// (or when there is no Pod watch at all).
+fn with_phase(step: Option<WakeStep>, phase: Phase) -> Option<WakeStep> {
+    match phase {
+        Phase::Probing => Some(step.map_or(WakeStep::ContainerStarted, |s| s.max(WakeStep::ContainerStarted))),
+        _ => step,
     }
 }
 
@@ -223,7 +235,9 @@ impl Supervisor {
             self.probe = None;
             if self.waking.is_some() {
                 if cur.phase == Phase::Starting && endpoints::starting(self.slices.iter()) {
-                    self.publish(cur.to(Phase::Probing));
+                    let mut next = cur.to(Phase::Probing);
+                    next.step = with_phase(next.step, Phase::Probing);
+                    self.publish(next);
                 }
             } else if cur.phase == Phase::Ready {
                 tracing::info!(solution = self.name(), "no ready endpoints: cold");
@@ -246,16 +260,25 @@ impl Supervisor {
         }
     }
 
-    fn pod_event(&mut self, event: Option<Result<watcher::Event<k8s_openapi::api::core::v1::Pod>, watcher::Error>>) {
-        let Some((_, known)) = &mut self.pods else { return };
+    fn pod_event(&mut self, event: PodEvent) {
+        let name = self.spec.name.clone();
+        let Some(w) = &mut self.pods else { return };
         match event {
             Some(Ok(e)) => {
-                if !known.apply(e) {
+                if w.failing {
+                    w.failing = false;
+                    tracing::info!(solution = %name, "watching Pods again");
+                }
+                if !w.known.apply(e) {
                     return;
                 }
             }
             Some(Err(e)) => {
-                tracing::debug!(solution = %self.spec.name, "watching Pods: {e}");
+                // The page then shows the phases only (no RBAC for Pods, API away).
+                if !w.failing {
+                    w.failing = true;
+                    tracing::warn!(solution = %name, "watching Pods for the waiting page: {e}");
+                }
                 return;
             }
             None => {
@@ -263,22 +286,27 @@ impl Supervisor {
                 return;
             }
         }
-        let (step, detail) = pods::progress(known.iter());
+        let p = pods::progress(w.known.iter());
+        if p.said != w.said {
+            if let Some(said) = &p.said {
+                tracing::info!(solution = %name, step = p.step.as_str(), "pod: {said}");
+            }
+            w.said = p.said;
+        }
         let cur = self.cell.load();
-        if !cur.phase.is_waking() || (cur.step == Some(step) && cur.detail.as_deref() == detail.as_deref()) {
+        let step = with_phase(Some(p.step), cur.phase);
+        if !cur.phase.is_waking() || (cur.step == step && cur.detail.as_deref() == p.reason.as_deref()) {
             return;
         }
-        tracing::debug!(solution = self.name(), step = step.as_str(), detail = detail.as_deref().unwrap_or(""), "wake-up step");
         let mut next = (*cur).clone();
-        next.step = Some(step);
-        next.detail = detail.map(Arc::from);
+        next.step = step;
+        next.detail = p.reason.map(Arc::from);
         self.publish(next);
     }
 
     /// Follows the wake-up's Pods, if the Service says which they are.
     fn watch_pods(&mut self) {
-        self.pods =
-            self.target.pods.as_deref().map(|sel| (pods::stream(self.client.clone(), &self.target.namespace, sel), Pods::default()));
+        self.pods = self.target.pods.as_deref().map(|sel| pods::Watch::new(self.client.clone(), &self.target.namespace, sel));
     }
 
     fn probed(&mut self, addr: SocketAddr, ok: bool) {
@@ -328,7 +356,7 @@ impl Supervisor {
         next.wake_started = Some(now);
         next.eta = self.eta();
         next.failure = None;
-        next.step = Some(WakeStep::ScaleRequested);
+        next.step = with_phase(Some(WakeStep::ScaleRequested), phase);
         next.detail = None;
         self.publish(next);
         self.watch_pods();
@@ -399,8 +427,9 @@ impl Supervisor {
                     self.publish(next);
                 }
             }
+            let pods_moved = (&target.namespace, &target.pods) != (&self.target.namespace, &self.target.pods);
             self.target = target.clone();
-            if self.pods.is_some() {
+            if pods_moved && self.pods.is_some() {
                 self.watch_pods();
             }
         }

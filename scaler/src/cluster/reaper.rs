@@ -27,6 +27,8 @@ use crate::reaper::{Decision, Observed, decide};
 /// Longest wait for Prometheus to scrape every gateway after an idle decision
 /// (several scrape intervals of the usual 15–60 s).
 const CONFIRM_WAIT: Duration = Duration::from_secs(180);
+/// Pause between two readings while waiting for that scrape.
+const CONFIRM_POLL: Duration = Duration::from_secs(1);
 
 /// The leader's idle loop.
 pub struct Reaper {
@@ -51,7 +53,7 @@ impl Reaper {
         loop {
             let settings = self.settings().await;
             if *leader.borrow_and_update() {
-                self.round(&settings).await;
+                self.round(&settings, &leader).await;
             } else {
                 self.up_since.clear();
             }
@@ -99,7 +101,7 @@ impl Reaper {
             .collect())
     }
 
-    async fn round(&mut self, settings: &Settings) {
+    async fn round(&mut self, settings: &Settings, leader: &watch::Receiver<bool>) {
         let solutions = match self.solutions(settings).await {
             Ok(s) => s,
             Err(e) => {
@@ -140,8 +142,15 @@ impl Reaper {
         }
         if !idle.is_empty() {
             // Confirm with a reading taken after this decision: a request may have arrived since.
-            let Some(again) = self.confirm(settings, now).await else { return };
+            let Some(again) = self.confirm(settings, &activity).await else { return };
+            if !*leader.borrow() {
+                return;
+            }
             for (spec, api, deployment, since) in idle {
+                if !again.last_request.contains_key(&spec.name) {
+                    tracing::warn!(solution = %spec.name, "no gateway reports this solution any more: not scaling it down");
+                    continue;
+                }
                 if let Decision::Sleep(idle) = decide(SystemTime::now(), &observe(&again, &spec, since)) {
                     self.scale_down(&api, &spec, &deployment, idle).await;
                 }
@@ -153,7 +162,12 @@ impl Reaper {
     async fn read(&self, settings: &Settings) -> Option<Activity> {
         let reading = match (settings.activity_source, &settings.prometheus_url) {
             (ActivitySource::Gateways, _) => scrape::activity(&self.client, &self.args.namespace, &self.args.gateway_service).await,
-            (ActivitySource::Prometheus, Some(url)) => super::prometheus::activity(url).await,
+            (ActivitySource::Prometheus, Some(url)) => {
+                match scrape::gateways(&self.client, &self.args.namespace, &self.args.gateway_service).await {
+                    Ok(ready) => super::prometheus::activity(url, &settings.prometheus_selector, ready.len()).await,
+                    Err(e) => Err(e),
+                }
+            }
             (ActivitySource::Prometheus, None) => Err(ScrapeError::Prometheus {
                 url: String::new(),
                 reason: "activity-source is prometheus but prometheus-url is missing or invalid".into(),
@@ -170,16 +184,16 @@ impl Reaper {
         }
     }
 
-    /// A reading that includes every request up to `decided` at least. The
-    /// gateways are read live; Prometheus has to have scraped every gateway
-    /// since (its newest samples may be one scrape interval old), which is
-    /// waited for up to [`CONFIRM_WAIT`].
-    async fn confirm(&self, settings: &Settings, decided: SystemTime) -> Option<Activity> {
+    /// A reading that includes every request up to the `first` reading at
+    /// least. The gateways are read live; Prometheus has to have scraped every
+    /// gateway since it answered `first` (its samples may be one scrape
+    /// interval old; both times by its clock), waited for up to [`CONFIRM_WAIT`].
+    async fn confirm(&self, settings: &Settings, first: &Activity) -> Option<Activity> {
         let deadline = tokio::time::Instant::now() + CONFIRM_WAIT;
         loop {
             let reading = self.read(settings).await?;
-            match reading.as_of {
-                Some(t) if UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0)) < decided => {}
+            match (first.evaluated, reading.as_of) {
+                (Some(decided), Some(as_of)) if as_of < decided => {}
                 _ => return Some(reading),
             }
             if tokio::time::Instant::now() >= deadline {
@@ -190,7 +204,7 @@ impl Reaper {
                 self.metrics.round("skipped");
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(CONFIRM_POLL).await;
         }
     }
 

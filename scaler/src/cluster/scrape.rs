@@ -17,7 +17,7 @@ use kube::api::ListParams;
 use proto::metrics as names;
 
 /// Longest wait for one replica's metrics.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest metrics page accepted (a few hundred solutions fit easily).
 const MAX_PAGE: usize = 8 << 20;
 
@@ -31,6 +31,8 @@ pub struct Activity {
     /// Unix time of the oldest sample this reading is made of, where it is
     /// not live (Prometheus's scrapes); `None` for a live reading.
     pub as_of: Option<f64>,
+    /// When the reading was taken, by the same clock as `as_of`.
+    pub evaluated: Option<f64>,
 }
 
 impl Activity {
