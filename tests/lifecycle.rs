@@ -249,6 +249,27 @@ async fn what_a_solution_started_does_not_outlive_a_gateway_killed_by_sigkill() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_a_solution_started_does_not_outlive_a_gateway_killed_by_sigkill() {
+    // `setsid`: the app leaves the solution's process group and session.
+    the_app_dies_with_a_gateway_killed_by_sigkill(&SHELL_PARENT.replace("\"python3 {testapp}", "\"setsid python3 {testapp}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_an_exited_command_left_running_is_stopped_with_it() {
+    // A start script that daemonizes the server (double fork + setsid: it
+    // belongs to no group of ours, and its parent is gone) and exits.
+    let cfg = "[settings]\n[[solution]]\nname = \"app\"\n\
+        command = [\"/bin/sh\", \"-c\", \"(setsid python3 {testapp} --name app --port {port} &) ; sleep 3; exit 3\"]\n\
+        probe = \"/healthz\"\nenv = { TESTAPP_STARTS = \"{dir}/starts\" }\n";
+    let wg = Wakegate::start(cfg);
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    let app = wg.starts()[0];
+    assert!(eventually(Duration::from_secs(5), || async { !alive(app) }).await, "the daemon (pid {app}) lingers; log:\n{}", wg.log());
+    assert!(eventually(Duration::from_secs(5), || async { wg.phase("app").await == "cold" }).await, "{}", wg.log());
+    assert!(wg.log().contains("exit status: 3"), "{}", wg.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_an_exited_command_left_running_is_stopped_with_it() {
     // A start script that puts the server in the background and exits after
     // a while: the solution has exited, and its server must not linger on.

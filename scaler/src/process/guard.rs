@@ -6,18 +6,27 @@
 //! forks workers) would leave them behind when wakegate is killed outright
 //! (SIGKILL, the OOM killer), holding the solution's port. The guard is the
 //! leader of the solution's process group: it asks for SIGTERM when
-//! wakegate dies, runs the command, and on that signal kills the whole
-//! group. A SIGTERM while wakegate lives is a stop that wakegate sent to the
-//! group (the command got it too): the guard then waits for the command and
-//! exits as it did, so wakegate sees the command's own exit status.
+//! wakegate dies, runs the command, and on that signal kills everything
+//! below it. A SIGTERM while wakegate lives is a stop that wakegate sent to
+//! the group (the command got it too): the guard then waits for the command
+//! and exits as it did, so wakegate sees the command's own exit status.
+//!
+//! "Everything below it" includes daemons that left the group (`setsid`,
+//! a double fork): the guard is a child subreaper, so whatever the command's
+//! tree orphans becomes the guard's child instead of init's. When the
+//! command exits, or wakegate dies, the guard kills its remaining children
+//! until none is left (as systemd's `KillMode=mixed` does to a unit's
+//! cgroup), reaping orphans meanwhile.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode, ExitStatus};
 
+use nix::errno::Errno;
 use nix::sys::prctl;
-use nix::sys::signal::{SigSet, Signal, killpg, raise};
-use nix::unistd::getpgrp;
+use nix::sys::signal::{SigSet, Signal, kill, raise};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
 
 /// The subcommand of the wakegate binary that runs a guard.
 pub const SUBCOMMAND: &str = "guard";
@@ -36,9 +45,13 @@ pub fn run(parent: u32, argv: &[OsString]) -> ExitCode {
         // wakegate died before this started: nothing to run for.
         return ExitCode::from(1);
     }
+    // Orphans of the command's tree (daemons) become this process's children.
+    if let Err(e) = prctl::set_child_subreaper(true) {
+        eprintln!("wakegate guard: cannot become a child subreaper ({e}): daemons of the command may outlive it");
+    }
     // The command first: it inherits the signal mask (std does not reset
     // it), and must not start with SIGTERM blocked.
-    let mut child = match Command::new(program).args(args).spawn() {
+    let child = match Command::new(program).args(args).spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wakegate guard: cannot start {}: {e}", program.to_string_lossy());
@@ -52,25 +65,39 @@ pub fn run(parent: u32, argv: &[OsString]) -> ExitCode {
     signals.add(Signal::SIGCHLD);
     if let Err(e) = signals.thread_block() {
         eprintln!("wakegate guard: cannot block signals: {e}");
-        let _ = killpg(getpgrp(), Signal::SIGKILL);
+        kill_below();
         return ExitCode::from(2);
     }
     if let Err(e) = prctl::set_pdeathsig(Signal::SIGTERM) {
         eprintln!("wakegate guard: cannot ask for the parent-death signal: {e}");
     }
+    let command = Pid::from_raw(child.id() as i32);
     loop {
         if orphaned() {
-            // wakegate is gone (also before the signal was asked for): the
-            // whole group goes, this process with it.
-            let _ = killpg(getpgrp(), Signal::SIGKILL);
+            // wakegate is gone (also before the signal was asked for):
+            // everything below goes, then this process.
+            kill_below();
             return ExitCode::from(137);
         }
-        match child.try_wait() {
-            Ok(Some(status)) => return exit_like(status),
-            Ok(None) => {}
-            Err(e) => {
-                eprintln!("wakegate guard: cannot wait for the command: {e}");
-                return ExitCode::from(2);
+        // Reap what ended: the command (its status ends the guard), or an
+        // orphan of its tree.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == command => {
+                    kill_below();
+                    return exit_like(ExitStatus::from_raw((code & 0xff) << 8));
+                }
+                Ok(WaitStatus::Signaled(pid, signal, core)) if pid == command => {
+                    kill_below();
+                    return exit_like(ExitStatus::from_raw(signal as i32 | if core { 0x80 } else { 0 }));
+                }
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    eprintln!("wakegate guard: cannot wait for the command: {e}");
+                    kill_below();
+                    return ExitCode::from(2);
+                }
             }
         }
         match signals.wait() {
@@ -83,6 +110,43 @@ pub fn run(parent: u32, argv: &[OsString]) -> ExitCode {
             }
         }
     }
+}
+
+/// Kills this process's children until none is left: the command's group
+/// and every daemon of it reparented here (a child killed hands its own
+/// children over before it can be reaped), reaping each.
+fn kill_below() {
+    let me = std::process::id();
+    // Bounded: a tree that keeps forking faster than it is killed is left
+    // to wakegate's group kill after 1,000 rounds.
+    for _ in 0..1000 {
+        let children = children_of(me);
+        if children.is_empty() {
+            return;
+        }
+        for &pid in &children {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        for pid in children {
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+/// The children of `parent`, from `/proc/<pid>/stat` (its fourth field,
+/// after the command name in parentheses, which may hold anything).
+fn children_of(parent: u32) -> Vec<Pid> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(Pid::from_raw(pid));
+        }
+    }
+    out
 }
 
 /// Signals that end a process without a core dump and that the Rust
