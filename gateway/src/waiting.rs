@@ -171,7 +171,8 @@ const PAGE: &str = r##"<!doctype html>
     if (elapsed != null) line = "Waking up: " + fmt(elapsed);
     if (elapsed != null && s.eta_ms) line += " (usually takes about " + fmt(s.eta_ms) + ")";
     document.getElementById("line").textContent = line;
-    var pct = (elapsed != null && s.eta_ms) ? Math.min(95, 100 * elapsed / s.eta_ms) : (idx < 0 ? 5 : 30 * (idx + 1));
+    // Without an estimate, the share of the steps done (3 local, 4 in a cluster).
+    var pct = (elapsed != null && s.eta_ms) ? Math.min(95, 100 * elapsed / s.eta_ms) : (idx < 0 ? 5 : 90 * (idx + 1) / order.length);
     document.getElementById("bar").style.width = pct + "%";
     var detail = document.getElementById("detail");
     detail.hidden = !s.detail || s.phase === "failed";
