@@ -254,34 +254,32 @@ async fn a_daemon_a_solution_started_does_not_outlive_a_gateway_killed_by_sigkil
     the_app_dies_with_a_gateway_killed_by_sigkill(&SHELL_PARENT.replace("\"python3 {testapp}", "\"setsid python3 {testapp}")).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_an_exited_command_left_running_is_stopped_with_it() {
-    // A start script that daemonizes the server (double fork + setsid: it
-    // belongs to no group of ours, and its parent is gone) and exits.
-    let cfg = "[settings]\n[[solution]]\nname = \"app\"\n\
-        command = [\"/bin/sh\", \"-c\", \"(setsid python3 {testapp} --name app --port {port} &) ; sleep 3; exit 3\"]\n\
-        probe = \"/healthz\"\nenv = { TESTAPP_STARTS = \"{dir}/starts\" }\n";
-    let wg = Wakegate::start(cfg);
+/// A solution whose start script runs `server` (a shell list item: ends in
+/// `&` or `;`) in the background and exits 3 after three seconds: the solution has exited, and what the script
+/// started must not linger on.
+async fn an_exited_command_leaves_nothing_running(server: &str) {
+    let cfg = format!(
+        "[settings]\n[[solution]]\nname = \"app\"\n\
+        command = [\"/bin/sh\", \"-c\", \"{server} sleep 3; exit 3\"]\n\
+        probe = \"/healthz\"\nenv = {{ TESTAPP_STARTS = \"{{dir}}/starts\" }}\n"
+    );
+    let wg = Wakegate::start(&cfg);
     assert_eq!(wg.get("app", "/hello").await.status, 200);
     let app = wg.starts()[0];
-    assert!(eventually(Duration::from_secs(5), || async { !alive(app) }).await, "the daemon (pid {app}) lingers; log:\n{}", wg.log());
+    assert!(eventually(Duration::from_secs(5), || async { !alive(app) }).await, "the server (pid {app}) lingers; log:\n{}", wg.log());
     assert!(eventually(Duration::from_secs(5), || async { wg.phase("app").await == "cold" }).await, "{}", wg.log());
     assert!(wg.log().contains("exit status: 3"), "{}", wg.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_an_exited_command_left_running_is_stopped_with_it() {
-    // A start script that puts the server in the background and exits after
-    // a while: the solution has exited, and its server must not linger on.
-    let cfg = "[settings]\n[[solution]]\nname = \"app\"\n\
-        command = [\"/bin/sh\", \"-c\", \"python3 {testapp} --name app --port {port} & sleep 3; exit 3\"]\n\
-        probe = \"/healthz\"\nenv = { TESTAPP_STARTS = \"{dir}/starts\" }\n";
-    let wg = Wakegate::start(cfg);
-    assert_eq!(wg.get("app", "/hello").await.status, 200);
-    let app = wg.starts()[0];
-    assert!(eventually(Duration::from_secs(5), || async { !alive(app) }).await, "the app (pid {app}) lingers; log:\n{}", wg.log());
-    assert!(eventually(Duration::from_secs(5), || async { wg.phase("app").await == "cold" }).await, "{}", wg.log());
-    assert!(wg.log().contains("exit status: 3"), "{}", wg.log());
+    an_exited_command_leaves_nothing_running("python3 {testapp} --name app --port {port} &").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_an_exited_command_left_running_is_stopped_with_it() {
+    // Daemonized (double fork + setsid): in no group of ours, its parent gone.
+    an_exited_command_leaves_nothing_running("(setsid python3 {testapp} --name app --port {port} &);").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
