@@ -43,9 +43,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// each store the request again).
 pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> impl Future<Output = Response<Body>> + Send + 'static {
     let started = Instant::now();
-    let mut rid = request_id::of(req.headers());
+    let rid = request_id::of(req.headers());
     let (hsts, routed) = match connection_checks(&gw, &req, &rid) {
-        Ok((tls, hsts, host)) => (hsts, route(gw, peer, req, host, tls, &mut rid, started)),
+        Ok((tls, hsts, host)) => (hsts, route(gw, peer, req, host, tls, &rid, started)),
         Err(resp) => (None, Err(*resp)),
     };
     let routed = match routed {
@@ -140,7 +140,7 @@ fn route(
     mut req: Request<RequestBody>,
     host: Option<HeaderValue>,
     tls: bool,
-    rid: &mut HeaderValue,
+    rid: &HeaderValue,
     started: Instant,
 ) -> Result<impl Future<Output = Response<Body>> + Send + 'static + use<>, Response<Body>> {
     let (max_uri, client) = {

@@ -107,13 +107,14 @@ pub fn page(sol: &SolutionRt, s: &SolutionState) -> Response<Body> {
 }
 
 /// The steps shown for a local process: its phases.
-const LOCAL_STEPS: &[(&str, &str)] = &[("starting", "starting"), ("probing", "checking"), ("ready", "ready")];
+const LOCAL_STEPS: &[(&str, &str)] =
+    &[(Phase::Starting.as_str(), "starting"), (Phase::Probing.as_str(), "checking"), (Phase::Ready.as_str(), "ready")];
 /// The steps shown for a cluster solution: its Pods' [`WakeStep`]s, then ready.
 const CLUSTER_STEPS: &[(&str, &str)] = &[
-    ("scale-requested", "scale requested"),
-    ("pod-scheduled", "pod scheduled"),
-    ("container-started", "container started"),
-    ("ready", "ready"),
+    (WakeStep::ScaleRequested.as_str(), "scale requested"),
+    (WakeStep::PodScheduled.as_str(), "pod scheduled"),
+    (WakeStep::ContainerStarted.as_str(), "container started"),
+    (Phase::Ready.as_str(), "ready"),
 ];
 
 const PAGE: &str = r##"<!doctype html>

@@ -22,7 +22,7 @@ pub enum Phase {
 
 impl Phase {
     /// Lower-case name, as used in JSON, metrics and the pages.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Phase::Cold => "cold",
             Phase::Starting => "starting",
@@ -55,7 +55,7 @@ pub enum WakeStep {
 
 impl WakeStep {
     /// The name used in the status JSON and the page.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             WakeStep::ScaleRequested => "scale-requested",
             WakeStep::PodScheduled => "pod-scheduled",

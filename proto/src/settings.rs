@@ -724,15 +724,15 @@ mod tests {
         let s = Settings::from_pairs([("activity-source", "prometheus"), ("prometheus-url", "http://prom.monitoring:9090/p/")], "")
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(s.activity_source, ActivitySource::Prometheus);
-        let url = s.prometheus_url.unwrap();
+        let url = s.prometheus_url.expect("prometheus-url was set");
         assert_eq!(
             (url.host.as_str(), url.port, url.authority.as_str(), url.path.as_str()),
             ("prom.monitoring", 9090, "prom.monitoring:9090", "/p")
         );
         assert_eq!(url.to_string(), "http://prom.monitoring:9090/p");
-        let v6 = HttpUrl::parse("http://[::1]:9090").unwrap();
+        let v6 = HttpUrl::parse("http://[::1]:9090").expect("an IPv6 URL");
         assert_eq!((v6.host.as_str(), v6.port, v6.authority.as_str(), v6.path.as_str()), ("::1", 9090, "[::1]:9090", ""));
-        assert_eq!(HttpUrl::parse("http://prometheus").unwrap().port, 80);
+        assert_eq!(HttpUrl::parse("http://prometheus").expect("a URL without a port").port, 80);
 
         let errs = Settings::from_pairs([("activity-source", "prometheus")], "").unwrap_err();
         assert_eq!((errs[0].key.as_str(), errs[0].reason.as_str()), ("prometheus-url", "required when activity-source is prometheus"));

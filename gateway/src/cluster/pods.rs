@@ -128,7 +128,7 @@ mod tests {
     use serde_json::json;
 
     fn pod(v: serde_json::Value) -> Pod {
-        serde_json::from_value(v).unwrap()
+        serde_json::from_value(v).expect("a Pod in the API's JSON")
     }
 
     #[test]
@@ -163,14 +163,14 @@ mod tests {
         assert_eq!(progress([&leaving].into_iter()).step, WakeStep::ScaleRequested);
         // An evicted Pod stays listed, failed: the pending one's reason is what counts.
         let mut evicted = pulling.clone();
-        evicted.status.as_mut().unwrap().phase = Some("Failed".into());
+        evicted.status.as_mut().expect("the pulling Pod has a status").phase = Some("Failed".into());
         assert_eq!(shown(progress([&evicted, &unschedulable].into_iter())), (WakeStep::ScaleRequested, Some("Unschedulable".into())));
     }
 
     #[test]
     fn long_details_are_cut() {
         let long = "x".repeat(1000);
-        let d = said(Some("Unschedulable"), Some(&long)).unwrap();
+        let d = said(Some("Unschedulable"), Some(&long)).expect("a reason and a message say something");
         assert_eq!(d.chars().count(), MAX_DETAIL + 1);
         assert!(d.ends_with('…'));
         assert_eq!(said(None, None), None);

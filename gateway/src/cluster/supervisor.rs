@@ -6,8 +6,9 @@
 //! Phases: `Cold` (no ready endpoint) → `Starting` (wake requested) →
 //! `Probing` (a pod runs, not ready yet) → `Ready`. While waking, the
 //! solution's Pods are watched for the waiting page's finer steps (scale
-//! requested → pod scheduled → container started) and what holds them up. A Service reported ready
-//! is connected to once before `Ready` is published: the API can announce an
+//! requested → pod scheduled → container started) and what holds them up.
+//! A Service reported ready is connected to once before `Ready` is
+//! published: the API can announce an
 //! endpoint a moment before this replica can reach it, and a held request
 //! released then would fail. A wake that does not end in time is `Failed`
 //! with a backoff; the scaler, not the gateway, scales down, so `Sleep` is

@@ -160,10 +160,14 @@ mod tests {
         let ok = r#"{"status":"success","data":{"resultType":"vector","result":[
             {"metric":{"solution":"nlp"},"value":[1764410000.123,"1764409990.5"]},
             {"metric":{"solution":"vision"},"value":[1764410000.123,"0"]}]}}"#;
-        let s = samples(StatusCode::OK, ok).unwrap();
+        let s = samples(StatusCode::OK, ok).expect("a vector answer");
         assert_eq!(s.len(), 2);
         assert_eq!((s[0].labels["solution"].as_str(), s[0].at, s[0].value), (Some("nlp"), 1764410000.123, 1764409990.5));
-        assert!(samples(StatusCode::OK, r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#).unwrap().is_empty());
+        assert!(
+            samples(StatusCode::OK, r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#)
+                .expect("an empty vector answer")
+                .is_empty()
+        );
 
         let bad = r#"{"status":"error","errorType":"bad_data","error":"parse error at char 4"}"#;
         assert_eq!(samples(StatusCode::BAD_REQUEST, bad).unwrap_err(), "status 400 Bad Request: parse error at char 4");

@@ -129,13 +129,7 @@ impl Reaper {
                 }
             }
             let since = *self.up_since.entry(key).or_insert(now);
-            if !activity.last_request.contains_key(&spec.name) {
-                // Every gateway that knows a solution reports its gauge (0 before
-                // the first request): none does, so its activity is unknown.
-                tracing::warn!(solution = %spec.name, source = ?settings.activity_source, "no gateway reports this solution: not scaling it down");
-                continue;
-            }
-            if let Decision::Sleep(_) = decide(now, &observe(&activity, &spec, since)) {
+            if let Some(Decision::Sleep(_)) = observe(&activity, &spec, since).map(|o| decide(now, &o)) {
                 let deployment = c.deployment.clone();
                 idle.push((spec, api, deployment, since));
             }
@@ -147,11 +141,7 @@ impl Reaper {
                 return;
             }
             for (spec, api, deployment, since) in idle {
-                if !again.last_request.contains_key(&spec.name) {
-                    tracing::warn!(solution = %spec.name, "no gateway reports this solution any more: not scaling it down");
-                    continue;
-                }
-                if let Decision::Sleep(idle) = decide(SystemTime::now(), &observe(&again, &spec, since)) {
+                if let Some(Decision::Sleep(idle)) = observe(&again, &spec, since).map(|o| decide(SystemTime::now(), &o)) {
                     self.scale_down(&api, &spec, &deployment, idle).await;
                 }
             }
@@ -163,10 +153,11 @@ impl Reaper {
         let reading = match (settings.activity_source, &settings.prometheus_url) {
             (ActivitySource::Gateways, _) => scrape::activity(&self.client, &self.args.namespace, &self.args.gateway_service).await,
             (ActivitySource::Prometheus, Some(url)) => {
-                match scrape::gateways(&self.client, &self.args.namespace, &self.args.gateway_service).await {
-                    Ok(ready) => super::prometheus::activity(url, &settings.prometheus_selector, ready.len()).await,
-                    Err(e) => Err(e),
+                async {
+                    let ready = scrape::gateways(&self.client, &self.args.namespace, &self.args.gateway_service).await?;
+                    super::prometheus::activity(url, &settings.prometheus_selector, ready.len()).await
                 }
+                .await
             }
             (ActivitySource::Prometheus, None) => Err(ScrapeError::Prometheus {
                 url: String::new(),
@@ -233,8 +224,15 @@ impl Reaper {
     }
 }
 
-fn observe(a: &Activity, spec: &SolutionSpec, since: SystemTime) -> Observed {
-    let last = a.last_request.get(&spec.name).filter(|t| **t > 0.0).map(|t| UNIX_EPOCH + Duration::from_secs_f64(*t));
+/// What the reading `a` says of `spec`, up since `since`; `None` (logged)
+/// when no gateway reports it: every gateway that knows a solution reports
+/// its gauge (0 before the first request), so its activity is unknown.
+fn observe(a: &Activity, spec: &SolutionSpec, since: SystemTime) -> Option<Observed> {
+    let Some(last) = a.last_request.get(&spec.name) else {
+        tracing::warn!(solution = %spec.name, "no gateway reports this solution: not scaling it down");
+        return None;
+    };
+    let last = (*last > 0.0).then(|| UNIX_EPOCH + Duration::from_secs_f64(*last));
     let busy = a.busy.get(&spec.name).copied().unwrap_or(0.0).max(0.0) as u64;
-    Observed { phase: Phase::Ready, ready_since: since, last_request: last, busy, idle_timeout: spec.settings.idle_timeout }
+    Some(Observed { phase: Phase::Ready, ready_since: since, last_request: last, busy, idle_timeout: spec.settings.idle_timeout })
 }

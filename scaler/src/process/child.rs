@@ -114,7 +114,7 @@ impl Running {
                     Ok(status) => status.ok(),
                     Err(_) => {
                         tracing::warn!(pid = ?pgid, "did not exit within {grace:?} of SIGTERM; sending SIGKILL");
-                        signal_group(pgid, Signal::SIGKILL);
+                        // The leader now; the group below, once it is reaped.
                         let _ = self.child.start_kill();
                         self.child.wait().await.ok()
                     }

@@ -19,8 +19,7 @@
 //! cgroup), reaping orphans meanwhile.
 
 use std::ffi::OsString;
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitCode, ExitStatus};
+use std::process::{Command, ExitCode};
 
 use nix::errno::Errno;
 use nix::sys::prctl;
@@ -32,9 +31,10 @@ use nix::unistd::Pid;
 pub const SUBCOMMAND: &str = "guard";
 
 /// Runs `argv` (program and arguments) under the guard for wakegate, pid
-/// `parent`; returns once it exited (with its exit code), dies of the
-/// signal that ended it, or kills the group and dies with it when wakegate
-/// is gone (also if that happened before this started).
+/// `parent`; once it exited, kills what it left below and exits with its
+/// exit code or dies of the signal that ended it; when wakegate is gone
+/// (also if that happened before this started), kills everything below and
+/// exits 137.
 pub fn run(parent: u32, argv: &[OsString]) -> ExitCode {
     let Some((program, args)) = argv.split_first() else {
         eprintln!("wakegate guard: no command");
@@ -83,13 +83,9 @@ pub fn run(parent: u32, argv: &[OsString]) -> ExitCode {
         // orphan of its tree.
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == command => {
+                Ok(ended @ (WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, ..))) if pid == command => {
                     kill_below();
-                    return exit_like(ExitStatus::from_raw((code & 0xff) << 8));
-                }
-                Ok(WaitStatus::Signaled(pid, signal, core)) if pid == command => {
-                    kill_below();
-                    return exit_like(ExitStatus::from_raw(signal as i32 | if core { 0x80 } else { 0 }));
+                    return exit_like(ended);
                 }
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(_) | Err(Errno::EINTR) => {}
@@ -155,23 +151,22 @@ fn children_of(parent: u32) -> Vec<Pid> {
 const RAISED: [Signal; 7] =
     [Signal::SIGTERM, Signal::SIGKILL, Signal::SIGINT, Signal::SIGHUP, Signal::SIGALRM, Signal::SIGUSR1, Signal::SIGUSR2];
 
-/// Ends this process as `status` ended the command: its exit code, or the
+/// Ends this process as `ended` ended the command: its exit code, or the
 /// same signal (so wakegate's report names it); a signal that dumps core
 /// (the guard must not write a core file next to the command's) or that the
 /// runtime handles becomes the shell's exit code 128 + N.
-fn exit_like(status: ExitStatus) -> ExitCode {
-    if let Some(code) = status.code() {
-        return ExitCode::from(u8::try_from(code).unwrap_or(1));
-    }
-    let Some(signo) = status.signal() else { return ExitCode::from(1) };
-    if let Ok(signal) = Signal::try_from(signo)
-        && RAISED.contains(&signal)
-    {
+fn exit_like(ended: WaitStatus) -> ExitCode {
+    let signal = match ended {
+        WaitStatus::Exited(_, code) => return ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        WaitStatus::Signaled(_, signal, _) => signal,
+        _ => return ExitCode::from(1),
+    };
+    if RAISED.contains(&signal) {
         let mut only = SigSet::empty();
         only.add(signal);
         // At its default action: unblocked, it ends this process the same way.
         let _ = only.thread_unblock();
         let _ = raise(signal);
     }
-    ExitCode::from(128u8.saturating_add(u8::try_from(signo).unwrap_or(0)))
+    ExitCode::from(128u8.saturating_add(u8::try_from(signal as i32).unwrap_or(0)))
 }
