@@ -200,7 +200,7 @@ where
     let stopping = stopped(&mut watch);
     tokio::pin!(stopping);
     loop {
-        let (mut req, meta) = loop {
+        let (req, meta) = loop {
             if !buf.is_empty() {
                 match parse(&mut buf, svc.max_headers) {
                     Parsed::Request(req, meta) => break (req, meta),
@@ -231,9 +231,9 @@ where
                 return Ok(None);
             }
         };
-        if let Some(info) = &svc.info {
-            req.extensions_mut().insert(info.clone());
-        }
+        // Never borrowed here, only moved: a borrowed local keeps its slot in
+        // this future's state for as long as the connection lives.
+        let req = with_conn_info(req, svc.info.as_ref());
         let serving = svc.conn.serving();
         // The head's bytes went with the request; an empty buffer is not
         // kept while the handler works (a held request can wait long).
@@ -243,14 +243,15 @@ where
         // In a block of its own: the handler's future is gone before the
         // answer is written, and the two share this future's storage.
         let resp = {
-            let answer = (svc.handler)(svc.peer, req);
-            tokio::pin!(answer);
+            // Pinned where it is made: `tokio::pin!` would move it into a
+            // second slot (the handler's future is most of this one's size).
+            let mut answer = std::pin::pin!((svc.handler)(svc.peer, req));
             let mut probe = [0u8; 64];
             let mut watching = true;
             loop {
                 tokio::select! {
                     biased;
-                    resp = &mut answer => break resp,
+                    resp = answer.as_mut() => break resp,
                     // A client that closes while its request waits takes the
                     // request with it (a held request leaves the queue).
                     read = io.read(&mut probe), if watching => match read {
@@ -274,6 +275,14 @@ where
             return Ok(None);
         }
     }
+}
+
+/// `req` marked as received over the TLS connection `info` describes.
+fn with_conn_info(mut req: Request<RequestBody>, info: Option<&Arc<ConnInfo>>) -> Request<RequestBody> {
+    if let Some(info) = info {
+        req.extensions_mut().insert(info.clone());
+    }
+    req
 }
 
 /// Read buffers between requests, for the next read of any connection on

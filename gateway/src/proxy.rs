@@ -302,121 +302,141 @@ struct Forwarding {
     started: Instant,
 }
 
-async fn forward(gw: Arc<Gateway>, sol: Arc<SolutionRt>, spec: Arc<proto::SolutionSpec>, f: Forwarding) -> Response<Body> {
-    let Forwarding { mut req, forwarded, accept, client_upgrade, navigation, direct, rid, started } = f;
-    let (sol, rid) = (&sol, &rid);
-    let settings = &spec.settings;
-    let reply_headers = accept.as_ref();
-    let deadline = started + settings.hold_timeout;
-    let mut held: Option<Activity<'_>> = None;
-    let mut changes = None;
-    loop {
-        let state = sol.handle.cell.load();
-        if state.phase == Phase::Ready
-            && let Some(ep) = sol.pick(&state.endpoints, &gw.pools)
-        {
-            drop(held.take());
-            let activity = OwnedActivity::in_flight(sol.clone());
-            // Counted in flight first, then the phase checked again: a
-            // scale-down marks the solution stopping, then checks that
-            // nothing is in flight, so one of the two sees the other.
-            if sol.handle.cell.phase() == Phase::Ready {
-                upstream::begin(&ep);
-                let until = tokio::time::Instant::now() + settings.upstream_response_timeout;
-                // Sending (pool, connect, hyper's response future) is most of
-                // this future's size. Boxed, and only once the endpoint has
-                // room: held requests, and requests queued behind
-                // `max-concurrent-requests` after a wake, stay small.
-                let Ok(permit) = tokio::time::timeout_at(until, upstream::permit(&ep)).await else {
+// A plain fn returning an `async move` block whose captures are used in
+// place: an `async fn` would also copy its arguments into locals, and
+// `Forwarding` taken apart would be stored a second time (its future is
+// moved whole, and kept as long as the connection or the held request).
+#[allow(clippy::manual_async_fn)]
+fn forward(
+    gw: Arc<Gateway>,
+    sol: Arc<SolutionRt>,
+    spec: Arc<proto::SolutionSpec>,
+    mut f: Forwarding,
+) -> impl Future<Output = Response<Body>> + Send + 'static {
+    async move {
+        let sol = &sol;
+        let settings = &spec.settings;
+        let deadline = f.started + settings.hold_timeout;
+        let mut held: Option<Activity<'_>> = None;
+        let mut changes = None;
+        loop {
+            let state = sol.handle.cell.load();
+            if state.phase == Phase::Ready
+                && let Some(ep) = sol.pick(&state.endpoints, &gw.pools)
+            {
+                drop(held.take());
+                let activity = OwnedActivity::in_flight(sol.clone());
+                // Counted in flight first, then the phase checked again: a
+                // scale-down marks the solution stopping, then checks that
+                // nothing is in flight, so one of the two sees the other.
+                if sol.handle.cell.phase() == Phase::Ready {
+                    upstream::begin(&ep);
+                    let until = tokio::time::Instant::now() + settings.upstream_response_timeout;
+                    // Sending (pool, connect, hyper's response future) is most of
+                    // this future's size. Boxed, and only once the endpoint has
+                    // room: held requests, and requests queued behind
+                    // `max-concurrent-requests` after a wake, stay small.
+                    let Ok(permit) = tokio::time::timeout_at(until, upstream::permit(&ep)).await else {
+                        upstream::abort(&ep);
+                        return upstream_timeout(sol, &ep, settings.upstream_response_timeout, f.accept.as_ref(), &f.rid);
+                    };
+                    // Why the request did not reach the solution: then it is
+                    // sent again (another endpoint, a new connection) or held.
+                    let not_sent = if f.direct {
+                        let added = f.forwarded.as_ref().map(|fwd| (fwd, &f.rid));
+                        let sending = direct::send(&ep, &f.req, added, settings.upstream_connect_timeout);
+                        match Box::pin(tokio::time::timeout_at(until, sending)).await {
+                            Ok(Ok(answer)) => return respond_direct(ep, answer, permit, activity, f.started),
+                            Ok(Err(direct::Error::NotSent(why))) => why,
+                            Ok(Err(direct::Error::Failed(why))) => {
+                                upstream::abort(&ep);
+                                return refuse(sol, upstream_failed(sol, &why), f.accept.as_ref(), &f.rid);
+                            }
+                            Err(_) => {
+                                upstream::abort(&ep);
+                                return upstream_timeout(sol, &ep, settings.upstream_response_timeout, f.accept.as_ref(), &f.rid);
+                            }
+                        }
+                    } else {
+                        let sending = upstream::send(&ep, f.req, settings.upstream_connect_timeout, permit);
+                        match Box::pin(tokio::time::timeout_at(until, sending)).await {
+                            Ok(Ok(sent)) => return respond(ep, sent, activity, f.client_upgrade, f.started),
+                            Ok(Err(SendError::NotSent(r, why))) => {
+                                f.req = *r;
+                                why
+                            }
+                            Ok(Err(SendError::Failed(e))) => {
+                                upstream::abort(&ep);
+                                return refuse(sol, classify(sol, &e), f.accept.as_ref(), &f.rid);
+                            }
+                            Err(_) => {
+                                upstream::abort(&ep);
+                                return upstream_timeout(sol, &ep, settings.upstream_response_timeout, f.accept.as_ref(), &f.rid);
+                            }
+                        }
+                    };
                     upstream::abort(&ep);
-                    return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
-                };
-                // Why the request did not reach the solution: then it is
-                // sent again (another endpoint, a new connection) or held.
-                let not_sent = if direct {
-                    let added = forwarded.as_ref().map(|f| (f, rid));
-                    let sending = direct::send(&ep, &req, added, settings.upstream_connect_timeout);
-                    match Box::pin(tokio::time::timeout_at(until, sending)).await {
-                        Ok(Ok(answer)) => return respond_direct(ep, answer, permit, activity, started),
-                        Ok(Err(direct::Error::NotSent(why))) => why,
-                        Ok(Err(direct::Error::Failed(why))) => {
-                            upstream::abort(&ep);
-                            return refuse(sol, upstream_failed(sol, &why), reply_headers, rid);
-                        }
-                        Err(_) => {
-                            upstream::abort(&ep);
-                            return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
-                        }
+                    tracing::debug!(solution = %sol.name, endpoint = %ep.addr, "not sent: {not_sent}; retrying");
+                    drop(activity);
+                    if Instant::now() + RETRY_PAUSE >= deadline {
+                        let msg = format!("{} did not accept the connection", sol.name);
+                        return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), f.accept.as_ref(), &f.rid);
                     }
-                } else {
-                    let sending = upstream::send(&ep, req, settings.upstream_connect_timeout, permit);
-                    match Box::pin(tokio::time::timeout_at(until, sending)).await {
-                        Ok(Ok(sent)) => return respond(ep, sent, activity, client_upgrade, started),
-                        Ok(Err(SendError::NotSent(r, why))) => {
-                            req = *r;
-                            why
-                        }
-                        Ok(Err(SendError::Failed(e))) => {
-                            upstream::abort(&ep);
-                            return refuse(sol, classify(sol, &e), reply_headers, rid);
-                        }
-                        Err(_) => {
-                            upstream::abort(&ep);
-                            return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
-                        }
-                    }
-                };
-                upstream::abort(&ep);
-                tracing::debug!(solution = %sol.name, endpoint = %ep.addr, "not sent: {not_sent}; retrying");
-                drop(activity);
-                if Instant::now() + RETRY_PAUSE >= deadline {
-                    let msg = format!("{} did not accept the connection", sol.name);
-                    return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), reply_headers, rid);
+                    Box::pin(tokio::time::sleep(RETRY_PAUSE)).await;
+                    continue;
                 }
-                Box::pin(tokio::time::sleep(RETRY_PAUSE)).await;
+                drop(activity);
+            }
+            let now = Instant::now();
+            if state.in_backoff(now) {
+                let failure = state.failure.as_ref();
+                let retry = failure.map_or(1, |e| e.retry_at.saturating_duration_since(now).as_secs() + 1);
+                let why = failure.map_or("it failed to start", |e| e.message.as_str());
+                let msg = format!("{} could not be started: {why}; it will be retried", sol.name);
+                return refuse(
+                    sol,
+                    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "wake_failed", msg).retry_after(retry),
+                    f.accept.as_ref(),
+                    &f.rid,
+                );
+            }
+            if matches!(state.phase, Phase::Cold | Phase::Failed | Phase::Stopping) {
+                sol.handle.wake();
+            }
+            if held.is_none() {
+                if f.navigation {
+                    return waiting::page(sol, &state);
+                }
+                match Activity::try_held(sol, settings.max_held_requests.get()) {
+                    Some(a) => held = Some(a),
+                    None => {
+                        let msg = format!("too many requests are waiting for {} to start; try again shortly", sol.name);
+                        let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "hold_full", msg).retry_after(retry_hint(&state));
+                        return refuse(sol, r, f.accept.as_ref(), &f.rid);
+                    }
+                }
+                // Subscribe, then look again: no change can slip in between.
+                changes = Some(sol.handle.cell.subscribe());
                 continue;
             }
-            drop(activity);
-        }
-        let now = Instant::now();
-        if state.in_backoff(now) {
-            let f = state.failure.as_ref();
-            let retry = f.map_or(1, |f| f.retry_at.saturating_duration_since(now).as_secs() + 1);
-            let why = f.map_or("it failed to start", |f| f.message.as_str());
-            let msg = format!("{} could not be started: {why}; it will be retried", sol.name);
-            return refuse(sol, Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "wake_failed", msg).retry_after(retry), reply_headers, rid);
-        }
-        if matches!(state.phase, Phase::Cold | Phase::Failed | Phase::Stopping) {
-            sol.handle.wake();
-        }
-        if held.is_none() {
-            if navigation {
-                return waiting::page(sol, &state);
-            }
-            match Activity::try_held(sol, settings.max_held_requests.get()) {
-                Some(a) => held = Some(a),
-                None => {
-                    let msg = format!("too many requests are waiting for {} to start; try again shortly", sol.name);
-                    let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "hold_full", msg).retry_after(retry_hint(&state));
-                    return refuse(sol, r, reply_headers, rid);
+            let Some(rx) = changes.as_mut() else { continue };
+            // Boxed: only held requests wait here; the common path's future stays small.
+            match Box::pin(tokio::time::timeout_at(deadline.into(), rx.changed())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    let msg = format!("{} was removed from the configuration", sol.name);
+                    return refuse(
+                        sol,
+                        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "removed", msg).retry_after(5),
+                        f.accept.as_ref(),
+                        &f.rid,
+                    );
                 }
-            }
-            // Subscribe, then look again: no change can slip in between.
-            changes = Some(sol.handle.cell.subscribe());
-            continue;
-        }
-        let Some(rx) = changes.as_mut() else { continue };
-        // Boxed: only held requests wait here; the common path's future stays small.
-        match Box::pin(tokio::time::timeout_at(deadline.into(), rx.changed())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                let msg = format!("{} was removed from the configuration", sol.name);
-                return refuse(sol, Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "removed", msg).retry_after(5), reply_headers, rid);
-            }
-            Err(_) => {
-                let msg = format!("{} did not become ready within {}", sol.name, proto::units::format_duration(settings.hold_timeout));
-                let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "hold_timeout", msg).retry_after(retry_hint(&state));
-                return refuse(sol, r, reply_headers, rid);
+                Err(_) => {
+                    let msg = format!("{} did not become ready within {}", sol.name, proto::units::format_duration(settings.hold_timeout));
+                    let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "hold_timeout", msg).retry_after(retry_hint(&state));
+                    return refuse(sol, r, f.accept.as_ref(), &f.rid);
+                }
             }
         }
     }
