@@ -332,10 +332,12 @@ fn forward(
                 if sol.handle.cell.phase() == Phase::Ready {
                     upstream::begin(&ep);
                     let until = tokio::time::Instant::now() + settings.upstream_response_timeout;
-                    // Sending (pool, connect, hyper's response future) is most of
-                    // this future's size. Boxed, and only once the endpoint has
-                    // room: held requests, and requests queued behind
-                    // `max-concurrent-requests` after a wake, stay small.
+                    // Sending through hyper (pool, connect, its response future)
+                    // would be most of this future's size: boxed, and only once
+                    // the endpoint has room, so that held requests, and requests
+                    // queued behind `max-concurrent-requests` after a wake, stay
+                    // small. The own client's send is small (it shares its slot
+                    // with the wait for room): not boxed, no allocation per request.
                     let Ok(permit) = tokio::time::timeout_at(until, upstream::permit(&ep)).await else {
                         upstream::abort(&ep);
                         return upstream_timeout(sol, &ep, settings.upstream_response_timeout, f.accept.as_ref(), &f.rid);
@@ -345,7 +347,7 @@ fn forward(
                     let not_sent = if f.direct {
                         let added = f.forwarded.as_ref().map(|fwd| (fwd, &f.rid));
                         let sending = direct::send(&ep, &f.req, added, settings.upstream_connect_timeout);
-                        match Box::pin(tokio::time::timeout_at(until, sending)).await {
+                        match tokio::time::timeout_at(until, sending).await {
                             Ok(Ok(answer)) => return respond_direct(ep, answer, permit, activity, f.started),
                             Ok(Err(direct::Error::NotSent(why))) => why,
                             Ok(Err(direct::Error::Failed(why))) => {
