@@ -282,6 +282,36 @@ async fn a_daemon_an_exited_command_left_running_is_stopped_with_it() {
     an_exited_command_leaves_nothing_running("(setsid python3 {testapp} --name app --port {port} &);").await;
 }
 
+/// The guard wakegate started for its solution: its child whose command
+/// line runs `wakegate guard`.
+fn guard_of(gateway: u32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let is_guard = cmdline.split(|b| *b == 0).any(|arg| arg == b"guard");
+        (ppid == gateway && is_guard).then_some(pid)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_sent_to_the_guard_alone_stops_the_solution() {
+    // An operator's `kill PID` of the guard (not of the group): the command
+    // stops as on wakegate's own stop, and the next request wakes it again.
+    let wg = Wakegate::start(SHELL_PARENT);
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    let app = wg.starts()[0];
+    let guard = guard_of(wg.pid()).unwrap_or_else(|| panic!("no guard below pid {}; log:\n{}", wg.pid(), wg.log()));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { !alive(app) }).await, "the app (pid {app}) lingers; log:\n{}", wg.log());
+    assert!(eventually(Duration::from_secs(5), || async { !alive(guard) }).await, "the guard (pid {guard}) lingers; log:\n{}", wg.log());
+    assert!(eventually(Duration::from_secs(5), || async { wg.phase("app").await == "cold" }).await, "{}", wg.log());
+    assert!(wg.log().contains("SIGTERM from pid"), "{}", wg.log());
+    assert_eq!(wg.get("app", "/hello").await.status, 200, "woken again; log:\n{}", wg.log());
+    assert_eq!(wg.starts().len(), 2, "{}", wg.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_solution_stopped_with_the_gateway_leaves_nothing_behind() {
     // A stop signals the command's whole group: the guard between gateway

@@ -10,6 +10,9 @@
 //! below it. A SIGTERM while wakegate lives is a stop that wakegate sent to
 //! the group (the command got it too): the guard then waits for the command
 //! and exits as it did, so wakegate sees the command's own exit status.
+//! A SIGTERM from anyone else (an operator's `kill` of the guard's pid, a
+//! service manager) is passed on to the group once, as wakegate's stop
+//! would send it: the command stops, and the guard exits as it did.
 //!
 //! "Everything below it" includes daemons that left the group (`setsid`,
 //! a double fork): the guard is a child subreaper, so whatever the command's
@@ -23,7 +26,8 @@ use std::process::{Command, ExitCode};
 
 use nix::errno::Errno;
 use nix::sys::prctl;
-use nix::sys::signal::{SigSet, Signal, kill, raise};
+use nix::sys::signal::{SigSet, Signal, kill, killpg, raise};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -68,10 +72,20 @@ pub fn run(parent: u32, argv: &[OsString]) -> ExitCode {
         kill_below();
         return ExitCode::from(2);
     }
+    // Read with the sender's pid: a stop from wakegate is not passed on.
+    let taken = match SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("wakegate guard: cannot read signals: {e}");
+            kill_below();
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = prctl::set_pdeathsig(Signal::SIGTERM) {
         eprintln!("wakegate guard: cannot ask for the parent-death signal: {e}");
     }
     let command = Pid::from_raw(child.id() as i32);
+    let mut passed_on = false;
     loop {
         if orphaned() {
             // wakegate is gone (also before the signal was asked for):
@@ -96,10 +110,26 @@ pub fn run(parent: u32, argv: &[OsString]) -> ExitCode {
                 }
             }
         }
-        match signals.wait() {
+        match taken.read_signal() {
+            // A stop from someone else than wakegate (which signals the
+            // whole group itself) or this process (passing it on): the
+            // command's group gets it, once. The parent-death signal is
+            // checked for above.
+            Ok(Some(info))
+                if info.ssi_signo == Signal::SIGTERM as u32
+                    && !passed_on
+                    && !orphaned()
+                    && ![0, parent, std::process::id()].contains(&info.ssi_pid) =>
+            {
+                passed_on = true;
+                eprintln!("wakegate guard: SIGTERM from pid {}: stopping the command", info.ssi_pid);
+                if let Err(e) = killpg(nix::unistd::getpgrp(), Signal::SIGTERM) {
+                    eprintln!("wakegate guard: cannot signal the command's group: {e}");
+                }
+            }
             // wakegate's death (checked above), a stop from wakegate (the
             // command has it too), or the command's exit.
-            Ok(_) => {}
+            Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 eprintln!("wakegate guard: cannot wait for signals: {e}");
                 return ExitCode::from(2);
