@@ -307,7 +307,7 @@ async fn a_sigterm_sent_to_the_guard_alone_stops_the_solution() {
     assert!(eventually(Duration::from_secs(5), || async { !alive(app) }).await, "the app (pid {app}) lingers; log:\n{}", wg.log());
     assert!(eventually(Duration::from_secs(5), || async { !alive(guard) }).await, "the guard (pid {guard}) lingers; log:\n{}", wg.log());
     assert!(eventually(Duration::from_secs(5), || async { wg.phase("app").await == "cold" }).await, "{}", wg.log());
-    assert!(wg.log().contains("SIGTERM from pid"), "{}", wg.log());
+    assert!(eventually(Duration::from_secs(5), || async { wg.log().contains("SIGTERM from pid") }).await, "{}", wg.log());
     assert_eq!(wg.get("app", "/hello").await.status, 200, "woken again; log:\n{}", wg.log());
     assert_eq!(wg.starts().len(), 2, "{}", wg.log());
 }

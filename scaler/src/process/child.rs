@@ -81,7 +81,8 @@ impl Running {
         if let Some(err) = child.stderr.take() {
             tokio::spawn(forward(name.to_string(), "stderr", err, Some(stderr_tail.clone())));
         }
-        // Through the guard, `pgid` is the guard's pid (signal the group, `kill -- -PGID`).
+        // Through the guard, `pgid` is the guard's pid: `kill PGID` (the guard
+        // passes it on) or `kill -- -PGID` (the group), not both.
         tracing::info!(solution = name, pgid = child.id(), port, "started {}", argv.join(" "));
         Ok(Running { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), stderr_tail })
     }

@@ -10,9 +10,15 @@
 //! below it. A SIGTERM while wakegate lives is a stop that wakegate sent to
 //! the group (the command got it too): the guard then waits for the command
 //! and exits as it did, so wakegate sees the command's own exit status.
-//! A SIGTERM from anyone else (an operator's `kill` of the guard's pid, a
-//! service manager) is passed on to the group once, as wakegate's stop
-//! would send it: the command stops, and the guard exits as it did.
+//! A SIGTERM from anyone else (an operator's `kill` of the guard's pid) is
+//! passed on to the group once, as wakegate's stop would send it: the
+//! command stops, and the guard exits as it did. Not passed on: one from a
+//! member of the group itself (`trap 'kill 0' EXIT`), and one whose sender
+//! this process cannot see (pid 0: another pid namespace). A SIGTERM sent to
+//! the whole group from outside (`kill -- -PGID`, a service manager stopping
+//! the cgroup) reaches the command directly and is passed on as well: the
+//! command then gets it twice, so signal the guard's pid or the group, not
+//! both.
 //!
 //! "Everything below it" includes daemons that left the group (`setsid`,
 //! a double fork): the guard is a child subreaper, so whatever the command's
@@ -29,7 +35,7 @@ use nix::sys::prctl;
 use nix::sys::signal::{SigSet, Signal, kill, killpg, raise};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, getpgid, getpgrp};
 
 /// The subcommand of the wakegate binary that runs a guard.
 pub const SUBCOMMAND: &str = "guard";
@@ -111,30 +117,47 @@ pub fn run(parent: u32, argv: &[OsString]) -> ExitCode {
             }
         }
         match taken.read_signal() {
-            // A stop from someone else than wakegate (which signals the
-            // whole group itself) or this process (passing it on): the
-            // command's group gets it, once. The parent-death signal is
-            // checked for above.
+            // A stop from outside the group and not from wakegate (which
+            // signals the whole group itself): passed on, once. The
+            // parent-death signal is checked for above.
             Ok(Some(info))
-                if info.ssi_signo == Signal::SIGTERM as u32
-                    && !passed_on
-                    && !orphaned()
-                    && ![0, parent, std::process::id()].contains(&info.ssi_pid) =>
+                if info.ssi_signo == Signal::SIGTERM as u32 && !passed_on && !orphaned() && from_outside(info.ssi_pid, parent) =>
             {
                 passed_on = true;
                 eprintln!("wakegate guard: SIGTERM from pid {}: stopping the command", info.ssi_pid);
-                if let Err(e) = killpg(nix::unistd::getpgrp(), Signal::SIGTERM) {
-                    eprintln!("wakegate guard: cannot signal the command's group: {e}");
-                }
+                pass_on_stop(command);
             }
-            // wakegate's death (checked above), a stop from wakegate (the
-            // command has it too), or the command's exit.
+            // wakegate's death (checked above), a stop from wakegate or
+            // from within the group (the command has it too), a repeated
+            // stop, this process's own passed-on one, or the command's exit.
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 eprintln!("wakegate guard: cannot wait for signals: {e}");
+                kill_below();
                 return ExitCode::from(2);
             }
         }
+    }
+}
+
+/// Whether a SIGTERM from `sender` came from outside the solution's group
+/// and not from wakegate (`parent`): 0 is a sender this process cannot see.
+fn from_outside(sender: u32, parent: u32) -> bool {
+    if [0, parent, std::process::id()].contains(&sender) {
+        return false;
+    }
+    let Ok(pid) = i32::try_from(sender) else { return false };
+    // A sender already gone is taken as from outside (best effort).
+    getpgid(Some(Pid::from_raw(pid))) != Ok(getpgrp())
+}
+
+/// SIGTERM to the solution's group, as wakegate's stop sends it; to the
+/// command only, should this process not lead its own group (it always
+/// does when wakegate started it).
+fn pass_on_stop(command: Pid) {
+    let sent = if getpgrp() == Pid::this() { killpg(Pid::this(), Signal::SIGTERM) } else { kill(command, Signal::SIGTERM) };
+    if let Err(e) = sent {
+        eprintln!("wakegate guard: cannot pass the stop on: {e}");
     }
 }
 
@@ -199,4 +222,29 @@ fn exit_like(ended: WaitStatus) -> ExitCode {
         let _ = raise(signal);
     }
     ExitCode::from(128u8.saturating_add(u8::try_from(signal as i32).unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    use super::*;
+
+    #[test]
+    fn only_stops_from_outside_the_group_and_not_from_wakegate_are_passed_on() {
+        let parent = std::os::unix::process::parent_id();
+        assert!(!from_outside(std::process::id(), parent), "this process itself");
+        assert!(!from_outside(parent, parent), "wakegate");
+        assert!(!from_outside(0, parent), "a sender in another pid namespace");
+        let mut inside = Command::new("sleep").arg("5").spawn().expect("sleep runs");
+        let mut outside = Command::new("sleep").arg("5").process_group(0).spawn().expect("sleep runs");
+        let (a, b) = (inside.id(), outside.id());
+        let verdicts = (from_outside(a, parent), from_outside(b, parent));
+        for c in [&mut inside, &mut outside] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert_eq!(verdicts, (false, true), "a member of this group, then one of its own group");
+    }
 }
