@@ -316,6 +316,7 @@ fn forward(
     async move {
         let sol = &sol;
         let settings = &spec.settings;
+        let (reply_headers, rid) = (f.accept.as_ref(), &f.rid);
         let deadline = f.started + settings.hold_timeout;
         let mut held: Option<Activity<'_>> = None;
         let mut changes = None;
@@ -341,23 +342,23 @@ fn forward(
                     // for every request, held ones too; no allocation per request).
                     let Ok(permit) = tokio::time::timeout_at(until, upstream::permit(&ep)).await else {
                         upstream::abort(&ep);
-                        return upstream_timeout(sol, &ep, settings.upstream_response_timeout, f.accept.as_ref(), &f.rid);
+                        return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
                     };
                     // Why the request did not reach the solution: then it is
                     // sent again (another endpoint, a new connection) or held.
                     let not_sent = if f.direct {
-                        let added = f.forwarded.as_ref().map(|fwd| (fwd, &f.rid));
+                        let added = f.forwarded.as_ref().map(|fwd| (fwd, rid));
                         let sending = direct::send(&ep, &f.req, added, settings.upstream_connect_timeout);
                         match tokio::time::timeout_at(until, sending).await {
                             Ok(Ok(answer)) => return respond_direct(ep, answer, permit, activity, f.started),
                             Ok(Err(direct::Error::NotSent(why))) => why,
                             Ok(Err(direct::Error::Failed(why))) => {
                                 upstream::abort(&ep);
-                                return refuse(sol, upstream_failed(sol, &why), f.accept.as_ref(), &f.rid);
+                                return refuse(sol, upstream_failed(sol, &why), reply_headers, rid);
                             }
                             Err(_) => {
                                 upstream::abort(&ep);
-                                return upstream_timeout(sol, &ep, settings.upstream_response_timeout, f.accept.as_ref(), &f.rid);
+                                return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
                             }
                         }
                     } else {
@@ -370,11 +371,11 @@ fn forward(
                             }
                             Ok(Err(SendError::Failed(e))) => {
                                 upstream::abort(&ep);
-                                return refuse(sol, classify(sol, &e), f.accept.as_ref(), &f.rid);
+                                return refuse(sol, classify(sol, &e), reply_headers, rid);
                             }
                             Err(_) => {
                                 upstream::abort(&ep);
-                                return upstream_timeout(sol, &ep, settings.upstream_response_timeout, f.accept.as_ref(), &f.rid);
+                                return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
                             }
                         }
                     };
@@ -383,7 +384,7 @@ fn forward(
                     drop(activity);
                     if Instant::now() + RETRY_PAUSE >= deadline {
                         let msg = format!("{} did not accept the connection", sol.name);
-                        return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), f.accept.as_ref(), &f.rid);
+                        return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), reply_headers, rid);
                     }
                     Box::pin(tokio::time::sleep(RETRY_PAUSE)).await;
                     continue;
@@ -399,8 +400,8 @@ fn forward(
                 return refuse(
                     sol,
                     Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "wake_failed", msg).retry_after(retry),
-                    f.accept.as_ref(),
-                    &f.rid,
+                    reply_headers,
+                    rid,
                 );
             }
             if matches!(state.phase, Phase::Cold | Phase::Failed | Phase::Stopping) {
@@ -415,7 +416,7 @@ fn forward(
                     None => {
                         let msg = format!("too many requests are waiting for {} to start; try again shortly", sol.name);
                         let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "hold_full", msg).retry_after(retry_hint(&state));
-                        return refuse(sol, r, f.accept.as_ref(), &f.rid);
+                        return refuse(sol, r, reply_headers, rid);
                     }
                 }
                 // Subscribe, then look again: no change can slip in between.
@@ -428,17 +429,12 @@ fn forward(
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
                     let msg = format!("{} was removed from the configuration", sol.name);
-                    return refuse(
-                        sol,
-                        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "removed", msg).retry_after(5),
-                        f.accept.as_ref(),
-                        &f.rid,
-                    );
+                    return refuse(sol, Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "removed", msg).retry_after(5), reply_headers, rid);
                 }
                 Err(_) => {
                     let msg = format!("{} did not become ready within {}", sol.name, proto::units::format_duration(settings.hold_timeout));
                     let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "hold_timeout", msg).retry_after(retry_hint(&state));
-                    return refuse(sol, r, f.accept.as_ref(), &f.rid);
+                    return refuse(sol, r, reply_headers, rid);
                 }
             }
         }
