@@ -308,6 +308,52 @@ async fn the_waiting_page_follows_a_cluster_wake_up_through_its_pods() {
     drop(c.scalers.drain(..));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiting_page_forgets_pods_that_are_no_longer_the_services() {
+    let c = Cluster::start_with(&[], 1).await;
+    let service = |selector: Value| {
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "pull", "namespace": "solutions", "labels": {"wakegate.io/expose": "true"}},
+            "spec": {"selector": selector, "ports": [{"name": "http", "port": 8080}]}})
+    };
+    // A solution whose image "pulls" for longer than the test runs.
+    c.api.put(service(json!({"app": "pull"}))).unwrap();
+    c.api
+        .put(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "pull", "namespace": "solutions"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "pull"}},
+                "template": {"metadata": {"labels": {"app": "pull"}, "annotations": {"kubeapi.wakegate.dev/pull-delay-ms": "60000"}},
+                    "spec": {"terminationGracePeriodSeconds": 2, "containers": [{"name": "pull", "image": "example/pull",
+                        "command": ["python3", testapp().display().to_string(), "--name", "pull"],
+                        "ports": [{"containerPort": 8080, "name": "http"}]}]}}}}))
+        .unwrap();
+    let public = c.public(0);
+    let status = || async move {
+        let r = get(public, "pull.aim.test", "/.well-known/wakegate/status", &[("accept", "application/json")]).await.ok()?;
+        serde_json::from_str::<Value>(&r.body).ok()
+    };
+    let step = || async move {
+        let s = status().await?;
+        Some((s["step"].as_str().unwrap_or("-").to_string(), s["detail"].as_str().unwrap_or("-").to_string()))
+    };
+    let at = |want: &'static str, detail: &'static str| {
+        eventually(Duration::from_secs(10), move || async move { step().await.is_some_and(|s| s == (want.into(), detail.into())) })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async { status().await.is_some_and(|s| s["phase"] == "cold") }).await,
+        "the gateway knows it"
+    );
+    let page = get(public, "pull.aim.test", "/", &[("accept", "text/html")]).await.unwrap();
+    assert_eq!(page.status, 503, "{}", page.body);
+    assert!(at("pod-scheduled", "ContainerCreating").await, "the pull is shown: {:?}\n{}", step().await, c.gateways[0].log());
+
+    // The Service stops selecting Pods mid-wake: the page no longer speaks for them.
+    c.api.put(service(json!({}))).unwrap();
+    assert!(at("scale-requested", "-").await, "back to what the gateway knows: {:?}\n{}", step().await, c.gateways[0].log());
+    // It selects them again: the page follows them again.
+    c.api.put(service(json!({"app": "pull"}))).unwrap();
+    assert!(at("pod-scheduled", "ContainerCreating").await, "followed again: {:?}\n{}", step().await, c.gateways[0].log());
+}
+
 /// The waiting page's current step, its detail line (null while hidden), and
 /// the solution's own `#app` text once it is there.
 const SHOWN: &str = "JSON.stringify([(document.querySelector('#steps li.now') || {}).textContent || null, \

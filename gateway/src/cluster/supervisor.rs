@@ -310,6 +310,21 @@ impl Supervisor {
         self.pods = self.target.pods.as_deref().map(|sel| pods::Watch::new(self.client.clone(), &self.target.namespace, sel));
     }
 
+    /// The Pods the page followed are no longer the Service's: their step and
+    /// reason go with them, and the page says what the phase alone says until
+    /// the new selector's Pods (if any) tell more.
+    fn forget_pod_step(&mut self) {
+        let cur = self.cell.load();
+        let step = with_phase(Some(WakeStep::ScaleRequested), cur.phase);
+        if !cur.phase.is_waking() || (cur.step == step && cur.detail.is_none()) {
+            return;
+        }
+        let mut next = (*cur).clone();
+        next.step = step;
+        next.detail = None;
+        self.publish(next);
+    }
+
     fn probed(&mut self, addr: SocketAddr, ok: bool) {
         let addrs = self.ready_now();
         if addrs.is_empty() {
@@ -430,8 +445,9 @@ impl Supervisor {
             }
             let pods_moved = (&target.namespace, &target.pods) != (&self.target.namespace, &self.target.pods);
             self.target = target.clone();
-            if pods_moved && self.pods.is_some() {
+            if pods_moved && self.waking.is_some() {
                 self.watch_pods();
+                self.forget_pod_step();
             }
         }
         self.spec = spec;
