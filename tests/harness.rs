@@ -306,13 +306,16 @@ where
     }
 }
 
-/// Whether a process with this pid exists.
+/// The fields of `/proc/PID/stat` after the command name (which may hold
+/// spaces and parentheses): state, ppid, pgrp, … — `None` once it is gone.
+pub fn proc_stat(pid: i32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(s.rsplit_once(')')?.1.split_whitespace().map(str::to_string).collect())
+}
+
+/// Whether a process with this pid exists (a zombie counts as gone).
 pub fn alive(pid: i32) -> bool {
-    // Zombies count as gone: read the state from /proc.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    proc_stat(pid).is_some_and(|f| f.first().is_some_and(|state| state != "Z"))
 }
 
 /// Resident set size of a process, in bytes.

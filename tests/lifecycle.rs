@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use wakegate_tests::{Wakegate, alive, eventually, get, metric, testapp_solution};
+use wakegate_tests::{Wakegate, alive, eventually, get, metric, proc_stat, testapp_solution};
 
 fn one(args: &str, extra: &str) -> String {
     format!("[settings]\n{}", testapp_solution("app", args, extra))
@@ -287,8 +287,7 @@ async fn a_daemon_an_exited_command_left_running_is_stopped_with_it() {
 fn guard_of(gateway: u32) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let ppid: u32 = proc_stat(pid)?.get(1)?.parse().ok()?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let is_guard = cmdline.split(|b| *b == 0).any(|arg| arg == b"guard");
         (ppid == gateway && is_guard).then_some(pid)
