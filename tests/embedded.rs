@@ -251,3 +251,41 @@ async fn fixed_upstream_is_never_started_or_stopped() {
     let _ = app.kill();
     let _ = app.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_worker_gateway_serving_tls_from_files_runs_one_thread() {
+    // `workers = 1` means one thread, also while the certificate files are
+    // polled: a second one makes every socket call on the request path dearer
+    // (docs/benchmarks.md, "Tenth pass").
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:*.localhost,DNS:localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    let wg = Wakegate::start(&format!(
+        "[settings]\nworkers = 1\nssl-redirect = false\ntls-source = \"files\"\ntls-cert-file = \"{}\"\ntls-key-file = \"{}\"\n{}",
+        cert.display(),
+        key.display(),
+        testapp_solution("app", "", "")
+    ));
+    assert!(
+        eventually(Duration::from_secs(5), || async { wg.log().contains("loaded a new certificate from files") }).await,
+        "{}",
+        wg.log()
+    );
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    // A few polls of the files later:
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", wg.pid()))
+        .unwrap()
+        .flatten()
+        .map(|t| std::fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim().to_string())
+        .collect();
+    assert_eq!(threads.len(), 1, "threads of a workers = 1 gateway: {threads:?}");
+}

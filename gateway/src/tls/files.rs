@@ -81,9 +81,9 @@ impl CertFiles {
 
     /// Reads both files: `Ok(None)` if they are as last seen, else the new
     /// certificate or why it is unusable (reported once per change).
-    pub async fn poll(&mut self) -> Result<Option<Loaded>, FilesError> {
-        let cert = read(&self.cert).await?;
-        let key = read(&self.key).await?;
+    pub fn poll(&mut self) -> Result<Option<Loaded>, FilesError> {
+        let cert = read(&self.cert)?;
+        let key = read(&self.key)?;
         if self.seen.as_ref().is_some_and(|(c, k)| *c == cert && *k == key) {
             return Ok(None);
         }
@@ -104,7 +104,7 @@ impl CertFiles {
                 _ = tick.tick() => {}
                 _ = stopped(&mut shutdown) => return,
             }
-            match self.poll().await {
+            match self.poll() {
                 Ok(None) => {}
                 Ok(Some(loaded)) => {
                     tracing::info!(cert = %self.cert.display(), names = ?loaded.info.names, "loaded a new certificate from files");
@@ -124,8 +124,14 @@ impl CertFiles {
     }
 }
 
-async fn read(path: &Path) -> Result<String, FilesError> {
-    tokio::fs::read_to_string(path).await.map_err(|source| FilesError::Read { path: path.to_path_buf(), source })
+/// Read in place, as the config file is (reload.rs): two small local files
+/// once a second. Through `tokio::fs` each read went to the blocking pool,
+/// whose thread outlives the 1 s poll (10 s keep-alive), so a `workers = 1`
+/// gateway ran three threads, and with the file table shared every socket
+/// call took and dropped a file reference (`fdget`/`fput`, ≈ 0.5 % of a
+/// request's CPU under `perf`; docs/benchmarks.md, "Tenth pass").
+fn read(path: &Path) -> Result<String, FilesError> {
+    std::fs::read_to_string(path).map_err(|source| FilesError::Read { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]
@@ -144,13 +150,13 @@ mod tests {
     async fn poll_reports_changes_once() -> TestResult {
         let tmp = tempfile::tempdir()?;
         let mut files = CertFiles::new(tmp.path().join("tls.crt"), tmp.path().join("tls.key"));
-        assert!(matches!(files.poll().await, Err(FilesError::Read { .. })));
+        assert!(matches!(files.poll(), Err(FilesError::Read { .. })));
         write(tmp.path(), &selfsigned::generate("aim.test")?)?;
-        assert!(files.poll().await?.is_some());
-        assert!(files.poll().await?.is_none());
+        assert!(files.poll()?.is_some());
+        assert!(files.poll()?.is_none());
         std::fs::write(tmp.path().join("tls.key"), "garbage")?;
-        assert!(matches!(files.poll().await, Err(FilesError::Cert { .. })));
-        assert!(files.poll().await?.is_none(), "a bad change is reported once");
+        assert!(matches!(files.poll(), Err(FilesError::Cert { .. })));
+        assert!(files.poll()?.is_none(), "a bad change is reported once");
         Ok(())
     }
 
@@ -160,7 +166,7 @@ mod tests {
         let (first, second) = (selfsigned::generate("aim.test")?, selfsigned::generate("aim.test")?);
         write(tmp.path(), &first)?;
         let mut files = CertFiles::new(tmp.path().join("tls.crt"), tmp.path().join("tls.key")).with_interval(Duration::from_millis(20));
-        let initial = files.poll().await?.ok_or("no initial certificate")?;
+        let initial = files.poll()?.ok_or("no initial certificate")?;
         let resolver = Arc::new(CertResolver::with(initial.key));
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(files.run(resolver.clone(), TlsMetrics::default(), "aim.test".into(), rx));
