@@ -887,11 +887,11 @@ mod tests {
         let pools = Pools::default();
         let ep = pools.endpoint(addr, 0);
         assert_eq!(exchange(&ep, &get("/")).await.1, "a");
-        pools.sweep();
+        pools.sweep(Duration::from_secs(10));
         assert_eq!(ep.direct_idle.len(), 1, "an open connection stays");
         // The solution closes its side 200 ms after answering.
         tokio::time::sleep(Duration::from_millis(400)).await;
-        pools.sweep();
+        pools.sweep(Duration::from_secs(10));
         assert_eq!(ep.direct_idle.len(), 0, "a closed connection is dropped");
     }
 

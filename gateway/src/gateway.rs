@@ -129,7 +129,7 @@ impl Gateway {
     /// Drops refilled rate-limiter entries (and reports how many remain), and
     /// closes idle upstream connections their solution has closed.
     pub fn tidy(&self) {
-        self.pools.sweep();
+        self.pools.sweep(TIDY_INTERVAL);
         let mut clients = 0;
         for s in &self.routes.load().list {
             if let Some(l) = &s.limits.load().client {

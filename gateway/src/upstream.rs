@@ -1,13 +1,12 @@
-//! Connections to solution endpoints: a lock-free pool of idle HTTP/1.1
-//! connections per endpoint, and a send that hands the request back when it
-//! never reached the solution (so the caller can retry or hold it again).
+//! Connections to solution endpoints: a pool of idle HTTP/1.1 connections
+//! per endpoint, and a send that hands the request back when it never
+//! reached the solution (so the caller can retry or hold it again).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
 use dashmap::DashMap;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -22,6 +21,9 @@ use crate::solution::OwnedActivity;
 
 /// Idle connections kept per endpoint; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
+/// An idle connection unused this long is closed (nginx's upstream
+/// `keepalive_timeout` is 60 s too), at the next sweep after it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts on pooled or fresh connections before giving up on an endpoint.
 pub(crate) const SEND_ATTEMPTS: usize = 3;
 
@@ -36,9 +38,64 @@ pub struct Endpoint {
     /// Requests forwarded at once (`max-concurrent-requests`); `None` = unlimited.
     permits: Option<Arc<tokio::sync::Semaphore>>,
     in_flight: AtomicUsize,
-    idle: ArrayQueue<Sender>,
+    idle: Idle<Sender>,
     /// Idle connections of the gateway's own client (requests without a body).
-    pub(crate) direct_idle: ArrayQueue<Box<direct::Conn>>,
+    pub(crate) direct_idle: Idle<Box<direct::Conn>>,
+}
+
+/// One endpoint's idle connections, the most recently used on top.
+///
+/// Last in, first out: the load that remains after a burst keeps reusing
+/// the same few connections, whose TCP state (the congestion window, the
+/// solution's pacing rate) the traffic they carry keeps grown, while the
+/// burst's extra connections sink and are closed once idle for
+/// [`IDLE_TIMEOUT`]. A queue (as before) spread every request over every
+/// connection a burst had opened: after small responses on 50 connections,
+/// 1 MiB responses went out on connections whose BBR pacing rate was still
+/// that of 150-byte answers, and p99 was ~95 ms instead of ~15 ms
+/// (docs/benchmarks.md, "Tenth pass"). The lock is held for a push or a
+/// pop only.
+pub(crate) struct Idle<T> {
+    stack: Mutex<Vec<(u32, T)>>,
+    /// Sweeps so far; each connection keeps the count it was pooled at.
+    sweeps: AtomicU32,
+}
+
+impl<T> Idle<T> {
+    fn new() -> Self {
+        Self { stack: Mutex::new(Vec::new()), sweeps: AtomicU32::new(0) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<(u32, T)>> {
+        self.stack.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently pooled connection.
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.lock().pop().map(|(_, c)| c)
+    }
+
+    /// Pools `conn` (closed instead when [`MAX_IDLE_PER_ENDPOINT`] are idle).
+    pub(crate) fn push(&self, conn: T) {
+        let at = self.sweeps.load(Ordering::Relaxed);
+        let mut stack = self.lock();
+        if stack.len() < MAX_IDLE_PER_ENDPOINT {
+            stack.push((at, conn));
+        }
+    }
+
+    /// Connections idle now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Closes the connections idle for more than `max_sweeps` sweeps and
+    /// those `open` says the solution has closed.
+    fn sweep(&self, max_sweeps: u32, open: impl Fn(&T) -> bool) {
+        let now = self.sweeps.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        self.lock().retain(|(at, c)| now.wrapping_sub(*at) <= max_sweeps && open(c));
+    }
 }
 
 impl Endpoint {
@@ -65,30 +122,19 @@ impl Pools {
         self.map
             .entry(addr)
             .or_insert_with(|| {
-                Arc::new(Endpoint {
-                    addr,
-                    permits,
-                    in_flight: AtomicUsize::new(0),
-                    idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
-                    direct_idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
-                })
+                Arc::new(Endpoint { addr, permits, in_flight: AtomicUsize::new(0), idle: Idle::new(), direct_idle: Idle::new() })
             })
             .clone()
     }
 
-    /// Closes idle connections of the gateway's own client that their
-    /// solution has closed (a stopped solution leaves them half-closed).
-    pub fn sweep(&self) {
+    /// Closes idle connections that their solution has closed (a stopped
+    /// solution leaves them half-closed) and those unused for
+    /// [`IDLE_TIMEOUT`]; called every `every`.
+    pub fn sweep(&self, every: Duration) {
+        let max_sweeps = u32::try_from(IDLE_TIMEOUT.as_millis() / every.as_millis().max(1)).unwrap_or(u32::MAX);
         for ep in self.map.iter() {
-            for _ in 0..ep.direct_idle.len() {
-                match ep.direct_idle.pop() {
-                    Some(c) if c.is_open() => {
-                        let _ = ep.direct_idle.push(c);
-                    }
-                    Some(_) => {}
-                    None => break,
-                }
-            }
+            ep.direct_idle.sweep(max_sweeps, |c| c.is_open());
+            ep.idle.sweep(max_sweeps, |c| !c.is_closed());
         }
     }
 
@@ -219,14 +265,14 @@ impl Done {
     /// The body ended; `clean` if it ended without error.
     pub fn finish(mut self, clean: bool) {
         if clean && let Some(c) = self.conn.take() {
-            let _ = self.ep.idle.push(c);
+            self.ep.idle.push(c);
         }
     }
 
     /// A body read by the gateway's own client ended cleanly: `conn` goes
     /// back to the pool.
     pub fn pool(self, conn: Box<direct::Conn>) {
-        let _ = self.ep.direct_idle.push(conn);
+        self.ep.direct_idle.push(conn);
     }
 
     /// A `Done` for unit tests of a body's end (no solution, no activity).
@@ -259,4 +305,52 @@ pub fn begin(ep: &Endpoint) {
 /// Undoes [`begin`] for a request that was not forwarded.
 pub fn abort(ep: &Endpoint) {
     ep.in_flight.fetch_sub(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_most_recently_pooled_connection_is_reused_first() {
+        let idle = Idle::new();
+        for c in ["a", "b", "c"] {
+            idle.push(c);
+        }
+        assert_eq!(idle.pop(), Some("c"));
+        idle.push("c");
+        assert_eq!(idle.pop(), Some("c"), "a steady load keeps reusing the same connection");
+        assert_eq!(idle.pop(), Some("b"));
+        assert_eq!(idle.pop(), Some("a"));
+        assert_eq!(idle.pop(), None);
+    }
+
+    #[test]
+    fn connections_unused_for_the_idle_timeout_are_closed_and_closed_ones_dropped() {
+        let idle = Idle::new();
+        idle.push("old");
+        // Sweeps every 10 s: "old" has been idle 50 s after five of them.
+        for _ in 0..5 {
+            idle.sweep(6, |_| true);
+        }
+        idle.push("used");
+        idle.sweep(6, |_| true);
+        assert_eq!(idle.len(), 2, "60 s idle is not yet more than the timeout");
+        idle.sweep(6, |_| true);
+        assert_eq!(idle.pop(), Some("used"), "only the one idle longer than 60 s is closed");
+        assert_eq!(idle.pop(), None);
+        idle.push("gone");
+        idle.sweep(6, |c| *c != "gone");
+        assert_eq!(idle.len(), 0, "one the solution closed is dropped at once");
+    }
+
+    #[test]
+    fn no_more_than_the_limit_stay_idle() {
+        let idle = Idle::new();
+        for i in 0..MAX_IDLE_PER_ENDPOINT + 10 {
+            idle.push(i);
+        }
+        assert_eq!(idle.len(), MAX_IDLE_PER_ENDPOINT);
+        assert_eq!(idle.pop(), Some(MAX_IDLE_PER_ENDPOINT - 1), "the extra ones were closed, not queued");
+    }
 }
