@@ -313,7 +313,8 @@ async fn the_waiting_page_forgets_pods_that_are_no_longer_the_services() {
     let c = Cluster::start_with(&[], 1).await;
     let service = |selector: Value| {
         json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "pull", "namespace": "solutions", "labels": {"wakegate.io/expose": "true"}},
+            "metadata": {"name": "pull", "namespace": "solutions", "labels": {"wakegate.io/expose": "true"},
+                "annotations": {"wakegate.io/startup-timeout": "10m"}},
             "spec": {"selector": selector, "ports": [{"name": "http", "port": 8080}]}})
     };
     // A solution whose image "pulls" for longer than the test runs.

@@ -253,21 +253,16 @@ async fn fixed_upstream_is_never_started_or_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_one_worker_gateway_serving_tls_from_files_runs_one_thread() {
+async fn a_one_worker_gateway_with_tls_from_files_runs_one_thread() {
     // `workers = 1` means one thread, also while the certificate files are
     // polled: a second one makes every socket call on the request path dearer
     // (docs/benchmarks.md, "Tenth pass").
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:*.localhost,DNS:localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    let pair = rcgen::KeyPair::generate().unwrap();
+    let made = rcgen::CertificateParams::new(vec!["*.localhost".to_string(), "localhost".to_string()]).unwrap().self_signed(&pair).unwrap();
+    std::fs::write(&cert, made.pem()).unwrap();
+    std::fs::write(&key, pair.serialize_pem()).unwrap();
     let wg = Wakegate::start(&format!(
         "[settings]\nworkers = 1\nssl-redirect = false\ntls-source = \"files\"\ntls-cert-file = \"{}\"\ntls-key-file = \"{}\"\n{}",
         cert.display(),

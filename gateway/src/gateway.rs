@@ -127,7 +127,8 @@ impl Gateway {
     }
 
     /// Drops refilled rate-limiter entries (and reports how many remain), and
-    /// closes idle upstream connections their solution has closed.
+    /// closes idle upstream connections their solution has closed or that
+    /// went unused for [`crate::upstream::IDLE_TIMEOUT`].
     pub fn tidy(&self) {
         self.pools.sweep(TIDY_INTERVAL);
         let mut clients = 0;

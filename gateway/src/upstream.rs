@@ -54,7 +54,8 @@ pub struct Endpoint {
 /// 1 MiB responses went out on connections whose BBR pacing rate was still
 /// that of 150-byte answers, and p99 was ~95 ms instead of ~15 ms
 /// (docs/benchmarks.md, "Tenth pass"). The lock is held for a push or a
-/// pop only.
+/// pop, and by the sweep every 10 s while it checks each idle connection
+/// (what it closes is closed after the lock is released).
 pub(crate) struct Idle<T> {
     stack: Mutex<Vec<(u32, T)>>,
     /// Sweeps so far; each connection keeps the count it was pooled at.
@@ -75,13 +76,15 @@ impl<T> Idle<T> {
         self.lock().pop().map(|(_, c)| c)
     }
 
-    /// Pools `conn` (closed instead when [`MAX_IDLE_PER_ENDPOINT`] are idle).
+    /// Pools `conn`; when [`MAX_IDLE_PER_ENDPOINT`] are idle already, the
+    /// one idle longest is closed to make room.
     pub(crate) fn push(&self, conn: T) {
-        let at = self.sweeps.load(Ordering::Relaxed);
         let mut stack = self.lock();
-        if stack.len() < MAX_IDLE_PER_ENDPOINT {
-            stack.push((at, conn));
-        }
+        let at = self.sweeps.load(Ordering::Relaxed);
+        let coldest = (stack.len() >= MAX_IDLE_PER_ENDPOINT).then(|| stack.remove(0));
+        stack.push((at, conn));
+        drop(stack);
+        drop(coldest);
     }
 
     /// Connections idle now.
@@ -93,8 +96,20 @@ impl<T> Idle<T> {
     /// Closes the connections idle for more than `max_sweeps` sweeps and
     /// those `open` says the solution has closed.
     fn sweep(&self, max_sweeps: u32, open: impl Fn(&T) -> bool) {
+        let mut closing = Vec::new();
+        let mut stack = self.lock();
         let now = self.sweeps.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        self.lock().retain(|(at, c)| now.wrapping_sub(*at) <= max_sweeps && open(c));
+        let mut i = 0;
+        while i < stack.len() {
+            let (at, c) = &stack[i];
+            if now.wrapping_sub(*at) <= max_sweeps && open(c) {
+                i += 1;
+            } else {
+                closing.push(stack.remove(i));
+            }
+        }
+        drop(stack);
+        drop(closing);
     }
 }
 
@@ -131,7 +146,8 @@ impl Pools {
     /// solution leaves them half-closed) and those unused for
     /// [`IDLE_TIMEOUT`]; called every `every`.
     pub fn sweep(&self, every: Duration) {
-        let max_sweeps = u32::try_from(IDLE_TIMEOUT.as_millis() / every.as_millis().max(1)).unwrap_or(u32::MAX);
+        // Rounded up: a connection is never closed before IDLE_TIMEOUT.
+        let max_sweeps = u32::try_from(IDLE_TIMEOUT.as_millis().div_ceil(every.as_millis().max(1))).unwrap_or(u32::MAX);
         for ep in self.map.iter() {
             ep.direct_idle.sweep(max_sweeps, |c| c.is_open());
             ep.idle.sweep(max_sweeps, |c| !c.is_closed());
@@ -351,6 +367,11 @@ mod tests {
             idle.push(i);
         }
         assert_eq!(idle.len(), MAX_IDLE_PER_ENDPOINT);
-        assert_eq!(idle.pop(), Some(MAX_IDLE_PER_ENDPOINT - 1), "the extra ones were closed, not queued");
+        assert_eq!(idle.pop(), Some(MAX_IDLE_PER_ENDPOINT + 9), "the most recent one stays on top");
+        let mut rest = Vec::new();
+        while let Some(i) = idle.pop() {
+            rest.push(i);
+        }
+        assert_eq!(rest.last(), Some(&10), "the ten idle longest were closed to make room");
     }
 }

@@ -130,9 +130,27 @@ impl CertFiles {
 /// gateway ran three threads, and with the file table shared every socket
 /// call took and dropped a file reference (`fdget`/`fput`, ≈ 0.5 % of a
 /// request's CPU under `perf`; docs/benchmarks.md, "Tenth pass").
+/// Only regular files, and at most [`MAX_FILE`] of them: a path pointed at
+/// a pipe or a device would otherwise stop the thread that serves requests.
 fn read(path: &Path) -> Result<String, FilesError> {
-    std::fs::read_to_string(path).map_err(|source| FilesError::Read { path: path.to_path_buf(), source })
+    use std::io::Read;
+    let err = |source| FilesError::Read { path: path.to_path_buf(), source };
+    // Before opening: opening a pipe waits for a writer.
+    let meta = std::fs::metadata(path).map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("larger than {} KiB", MAX_FILE / 1024))));
+    }
+    let file = std::fs::File::open(path).map_err(err)?;
+    let mut text = String::new();
+    file.take(MAX_FILE).read_to_string(&mut text).map_err(err)?;
+    Ok(text)
 }
+
+/// A PEM chain or key larger than this is not one (a long chain is ~10 KiB).
+const MAX_FILE: u64 = 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -140,6 +158,21 @@ mod tests {
     use crate::tls::selfsigned;
 
     type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    #[test]
+    fn only_regular_files_of_a_sane_size_are_read() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let fifo = tmp.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status()?.success(), "mkfifo");
+        for (path, why) in [(tmp.path().to_path_buf(), "not a regular file"), (fifo, "not a regular file")] {
+            let e = read(&path).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(why), "{}: {e}", path.display());
+        }
+        let big = tmp.path().join("big.pem");
+        std::fs::write(&big, vec![b'A'; 2 * 1024 * 1024])?;
+        assert!(read(&big).err().is_some_and(|e| e.to_string().contains("larger than 1024 KiB")));
+        Ok(())
+    }
 
     fn write(dir: &Path, b: &CertBundle) -> std::io::Result<()> {
         std::fs::write(dir.join("tls.crt"), &b.chain_pem)?;
