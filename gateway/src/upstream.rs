@@ -96,18 +96,9 @@ impl<T> Idle<T> {
     /// Closes the connections idle for more than `max_sweeps` sweeps and
     /// those `open` says the solution has closed.
     fn sweep(&self, max_sweeps: u32, open: impl Fn(&T) -> bool) {
-        let mut closing = Vec::new();
         let mut stack = self.lock();
         let now = self.sweeps.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        let mut i = 0;
-        while i < stack.len() {
-            let (at, c) = &stack[i];
-            if now.wrapping_sub(*at) <= max_sweeps && open(c) {
-                i += 1;
-            } else {
-                closing.push(stack.remove(i));
-            }
-        }
+        let closing: Vec<_> = stack.extract_if(.., |(at, c)| now.wrapping_sub(*at) > max_sweeps || !open(c)).collect();
         drop(stack);
         drop(closing);
     }
