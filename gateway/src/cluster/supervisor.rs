@@ -294,35 +294,26 @@ impl Supervisor {
             }
             w.said = p.said;
         }
+        self.show_step(p.step, p.reason);
+    }
+
+    /// Publishes the wake-up's step (as the phase confirms it) and what it
+    /// waits for, while it wakes and if they changed.
+    fn show_step(&mut self, step: WakeStep, reason: Option<String>) {
         let cur = self.cell.load();
-        let step = with_phase(Some(p.step), cur.phase);
-        if !cur.phase.is_waking() || (cur.step == step && cur.detail.as_deref() == p.reason.as_deref()) {
+        let step = with_phase(Some(step), cur.phase);
+        if !cur.phase.is_waking() || (cur.step == step && cur.detail.as_deref() == reason.as_deref()) {
             return;
         }
         let mut next = (*cur).clone();
         next.step = step;
-        next.detail = p.reason.map(Arc::from);
+        next.detail = reason.map(Arc::from);
         self.publish(next);
     }
 
     /// Follows the wake-up's Pods, if the Service says which they are.
     fn watch_pods(&mut self) {
         self.pods = self.target.pods.as_deref().map(|sel| pods::Watch::new(self.client.clone(), &self.target.namespace, sel));
-    }
-
-    /// The Pods the page followed are no longer the Service's: their step and
-    /// reason go with them, and the page says what the phase alone says until
-    /// the new selector's Pods (if any) tell more.
-    fn forget_pod_step(&mut self) {
-        let cur = self.cell.load();
-        let step = with_phase(Some(WakeStep::ScaleRequested), cur.phase);
-        if !cur.phase.is_waking() || (cur.step == step && cur.detail.is_none()) {
-            return;
-        }
-        let mut next = (*cur).clone();
-        next.step = step;
-        next.detail = None;
-        self.publish(next);
     }
 
     fn probed(&mut self, addr: SocketAddr, ok: bool) {
@@ -446,8 +437,11 @@ impl Supervisor {
             let pods_moved = (&target.namespace, &target.pods) != (&self.target.namespace, &self.target.pods);
             self.target = target.clone();
             if pods_moved && self.waking.is_some() {
+                // The old Pods' step and reason go with them: the page says
+                // what the phase alone says until the new selector's Pods
+                // (if any) tell more.
                 self.watch_pods();
-                self.forget_pod_step();
+                self.show_step(WakeStep::ScaleRequested, None);
             }
         }
         self.spec = spec;

@@ -130,6 +130,7 @@ impl CertFiles {
 /// gateway ran three threads, and with the file table shared every socket
 /// call took and dropped a file reference (`fdget`/`fput`, ≈ 0.5 % of a
 /// request's CPU under `perf`; docs/benchmarks.md, "Tenth pass").
+///
 /// Only regular files, and at most [`MAX_FILE`] of them: a path pointed at
 /// a pipe or a device would otherwise stop the thread that serves requests.
 fn read(path: &Path) -> Result<String, FilesError> {
