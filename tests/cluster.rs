@@ -370,6 +370,11 @@ struct Prometheus {
 
 impl Prometheus {
     fn start() -> Prometheus {
+        Prometheus::start_with(None)
+    }
+
+    /// With `web` as its web config (TLS, basic auth users) when given.
+    fn start_with(web: Option<&str>) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         Prometheus::write(&config, &[]);
@@ -377,6 +382,11 @@ impl Prometheus {
         cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
             .arg("--web.listen-address=127.0.0.1:0");
+        if let Some(web) = web {
+            let file = dir.path().join("web.yml");
+            std::fs::write(&file, web).unwrap();
+            cmd.arg(format!("--web.config.file={}", file.display()));
+        }
         let proc = Proc::spawn(cmd, "msg=\"Listening on\"");
         Prometheus { proc, config, _dir: dir }
     }
@@ -468,6 +478,71 @@ async fn the_scaler_can_read_activity_through_prometheus() {
     assert!(eventually(Duration::from_secs(15), || async { replicas(api) == 0 }).await, "reported again: scaled to zero");
     let scaler = get(c.scalers[0].addr("admin"), "scaler", "/metrics", &[]).await.unwrap();
     assert!(metric(&scaler.body, "wakegate_reaper_scrape_failures_total").is_some_and(|n| n >= 1.0), "{}", scaler.body);
+    drop(c.gateways.drain(..));
+    drop(c.scalers.drain(..));
+}
+
+/// A self-signed certificate for 127.0.0.1 (CA:FALSE, as rustls wants a
+/// server's), written as NAME.pem and NAME.key in `dir`.
+fn loopback_cert(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (pem, key_file) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    std::fs::write(&pem, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (pem, key_file)
+}
+
+/// bcrypt of "s3cret" (cost 4), as Prometheus's `basic_auth_users` want it.
+const S3CRET_BCRYPT: &str = "$2b$04$KXzhiIs2TUoMhik07QjeueB5pkxO3UsJ5bbupIrBTDnulwa.87iPu";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scaler_reads_a_prometheus_behind_https_and_basic_auth() {
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = loopback_cert(files.path(), "prometheus");
+    let (stranger, _) = loopback_cert(files.path(), "stranger");
+    let (ca, password) = (files.path().join("ca.pem"), files.path().join("password"));
+    std::fs::copy(&stranger, &ca).unwrap();
+    std::fs::write(&password, "wrong\n").unwrap();
+    let web = format!(
+        "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  wakegate: {S3CRET_BCRYPT}\n",
+        cert.display(),
+        key.display()
+    );
+    let prom = Prometheus::start_with(Some(&web));
+    let url = format!("https://{}", prom.addr());
+    let (ca_file, password_file) = (ca.display().to_string(), password.display().to_string());
+    let settings = [
+        ("activity-source", "prometheus"),
+        ("prometheus-url", url.as_str()),
+        ("prometheus-ca-file", ca_file.as_str()),
+        ("prometheus-username", "wakegate"),
+        ("prometheus-password-file", password_file.as_str()),
+        ("idle-timeout", "3s"),
+    ];
+    let mut c = Cluster::start_with(&settings, 1).await;
+    let api = &c.api;
+    prom.scrape(&[c.gateways[0].addr("admin"), c.gateways[1].addr("admin")]);
+    let asked = Instant::now();
+    assert_eq!(get(c.public(0), "web.aim.test", "/hello", &[]).await.unwrap().status, 200);
+    assert_eq!(replicas(api), 1);
+    let logged = |what: &'static str| {
+        let scaler = &c.scalers[0];
+        async move { eventually(Duration::from_secs(10), || async { scaler.log().contains(what) }).await }
+    };
+
+    // A certificate the CA file does not vouch for: no reading, nothing scaled down.
+    assert!(logged("TLS handshake: invalid peer certificate").await, "{}", c.scalers[0].log());
+    // The right CA, the wrong password: Prometheus says 401, still nothing.
+    std::fs::copy(&cert, &ca).unwrap();
+    assert!(logged("status 401 Unauthorized").await, "{}", c.scalers[0].log());
+    tokio::time::sleep_until((asked + Duration::from_millis(4500)).max(Instant::now() + Duration::from_millis(1000)).into()).await;
+    assert_eq!(replicas(api), 1, "idle past its timeout, but unreadable: kept up");
+    // The password file corrected: read at the next round, no restart.
+    std::fs::write(&password, "s3cret\n").unwrap();
+    assert!(eventually(Duration::from_secs(15), || async { replicas(api) == 0 }).await, "read: scaled to zero\n{}", c.scalers[0].log());
     drop(c.gateways.drain(..));
     drop(c.scalers.drain(..));
 }

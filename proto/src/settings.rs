@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::ConfigError;
@@ -171,7 +172,31 @@ pub const KEYS: &[Key] = &[
         name: "prometheus-url",
         scope: Scope::Global,
         default: "",
-        doc: "Prometheus scraping the gateways, plain http (e.g. http://prometheus-operated.monitoring:9090); for activity-source prometheus",
+        doc: "Prometheus scraping the gateways, http or https (e.g. http://prometheus-operated.monitoring:9090); for activity-source prometheus",
+    },
+    Key {
+        name: "prometheus-ca-file",
+        scope: Scope::Global,
+        default: "",
+        doc: "PEM file of the CAs that sign an https prometheus-url's certificate; empty = the system's; read at every reading",
+    },
+    Key {
+        name: "prometheus-bearer-token-file",
+        scope: Scope::Global,
+        default: "",
+        doc: "file whose token is sent to Prometheus as a bearer token (e.g. /var/run/secrets/kubernetes.io/serviceaccount/token behind kube-rbac-proxy); read at every reading",
+    },
+    Key {
+        name: "prometheus-username",
+        scope: Scope::Global,
+        default: "",
+        doc: "basic auth user for Prometheus (its web config's basic_auth_users); with prometheus-password-file",
+    },
+    Key {
+        name: "prometheus-password-file",
+        scope: Scope::Global,
+        default: "",
+        doc: "file holding prometheus-username's password; read at every reading",
     },
     Key {
         name: "prometheus-selector",
@@ -400,6 +425,14 @@ pub struct Settings {
     pub prometheus_url: Option<HttpUrl>,
     /// Label matchers scoping those queries to this installation (may be empty).
     pub prometheus_selector: String,
+    /// CAs trusted for an https `prometheus_url`; `None`: the system's.
+    pub prometheus_ca_file: Option<PathBuf>,
+    /// Bearer token sent with every query (read at every reading).
+    pub prometheus_bearer_token_file: Option<PathBuf>,
+    /// Basic auth user, with `prometheus_password_file`.
+    pub prometheus_username: Option<String>,
+    /// Basic auth password (read at every reading).
+    pub prometheus_password_file: Option<PathBuf>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
     /// Whether every connection starts with a PROXY protocol header.
@@ -438,6 +471,10 @@ impl Default for Settings {
             activity_source: ActivitySource::Gateways,
             prometheus_url: None,
             prometheus_selector: String::new(),
+            prometheus_ca_file: None,
+            prometheus_bearer_token_file: None,
+            prometheus_username: None,
+            prometheus_password_file: None,
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             limit_connections: 0,
@@ -469,6 +506,9 @@ impl Settings {
         if s.activity_source == ActivitySource::Prometheus && s.prometheus_url.is_none() && errors.is_empty() {
             errors.push(ConfigError::new(format!("{prefix}prometheus-url"), "required when activity-source is prometheus"));
         }
+        for (key, reason) in s.prometheus_access_errors() {
+            errors.push(ConfigError::new(format!("{prefix}{key}"), reason));
+        }
         if errors.is_empty() { Ok(s) } else { Err(errors) }
     }
 
@@ -497,6 +537,16 @@ impl Settings {
                 }
                 self.prometheus_selector = v.to_string();
             }
+            "prometheus-ca-file" => self.prometheus_ca_file = parse_path(value)?,
+            "prometheus-bearer-token-file" => self.prometheus_bearer_token_file = parse_path(value)?,
+            "prometheus-password-file" => self.prometheus_password_file = parse_path(value)?,
+            "prometheus-username" => {
+                let v = value.trim();
+                if v.contains(|c: char| c == ':' || c.is_control()) {
+                    return Err(format!("{v:?}: a basic auth user name has no ':' and no control characters"));
+                }
+                self.prometheus_username = Some(v.to_string()).filter(|v| !v.is_empty());
+            }
             "trusted-proxies" => self.trusted_proxies = parse_cidrs(value)?,
             "proxy-protocol" => self.proxy_protocol = parse_bool(value)?,
             "limit-connections" => self.limit_connections = parse_u32(value)?,
@@ -520,6 +570,36 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// What is wrong with the Prometheus keys taken together, by key.
+    fn prometheus_access_errors(&self) -> Vec<(&'static str, String)> {
+        let mut errors = Vec::new();
+        if self.prometheus_bearer_token_file.is_some() && (self.prometheus_username.is_some() || self.prometheus_password_file.is_some()) {
+            errors.push((
+                "prometheus-bearer-token-file",
+                "set either it or prometheus-username and prometheus-password-file, not both".into(),
+            ));
+        } else if self.prometheus_username.is_some() && self.prometheus_password_file.is_none() {
+            errors.push(("prometheus-password-file", "required with prometheus-username".into()));
+        } else if self.prometheus_password_file.is_some() && self.prometheus_username.is_none() {
+            errors.push(("prometheus-username", "required with prometheus-password-file".into()));
+        }
+        if self.prometheus_ca_file.is_some() && self.prometheus_url.as_ref().is_some_and(|u| !u.tls) {
+            errors.push(("prometheus-ca-file", "only used with an https prometheus-url".into()));
+        }
+        errors
+    }
+}
+
+/// A file path as written; empty means none.
+fn parse_path(value: &str) -> Result<Option<PathBuf>, String> {
+    let v = value.trim();
+    if v.contains(|c: char| c.is_control()) {
+        return Err(format!("{v:?}: a file path has no control characters"));
+    }
+    Ok(Some(PathBuf::from(v)).filter(|_| !v.is_empty()))
+}
+
 /// Where the cluster scaler reads how busy each solution is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActivitySource {
@@ -540,13 +620,15 @@ impl ActivitySource {
     }
 }
 
-/// A plain-HTTP base URL (`http://host[:port][/path]`), as the scaler's own
-/// HTTP client reaches it: no TLS, no credentials, no query.
+/// An HTTP base URL (`http[s]://host[:port][/path]`), as the scaler's own
+/// HTTP client reaches it: no credentials (they have keys of their own), no query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// `https`: the connection is TLS, the certificate checked against `host`.
+    pub tls: bool,
     /// Host name or IP address (IPv6 without brackets), to connect to.
     pub host: String,
-    /// Port; 80 when none is written.
+    /// Port; 80 (https: 443) when none is written.
     pub port: u16,
     /// `host:port` as the `Host` field carries it (IPv6 in brackets).
     pub authority: String,
@@ -555,20 +637,19 @@ pub struct HttpUrl {
 }
 
 impl HttpUrl {
-    /// Parses `http://host[:port][/path]`.
+    /// Parses `http[s]://host[:port][/path]`.
     pub fn parse(value: &str) -> Result<Self, String> {
         let v = value.trim();
-        let Some(rest) = v.strip_prefix("http://") else {
-            return Err(if v.starts_with("https://") {
-                format!(
-                    "{v:?}: https is not supported; use Prometheus's in-cluster http Service, e.g. http://prometheus-operated.monitoring:9090"
-                )
-            } else {
-                format!("{v:?}: expected http://host[:port][/path]")
-            });
+        let (tls, rest) = match (v.strip_prefix("http://"), v.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err(format!("{v:?}: expected http[s]://host[:port][/path]")),
         };
-        if rest.contains(['?', '#', '@']) {
-            return Err(format!("{v:?}: no query, fragment or credentials, only http://host[:port][/path]"));
+        if rest.contains('@') {
+            return Err(format!("{v:?}: no credentials in the URL; use prometheus-username and prometheus-password-file"));
+        }
+        if rest.contains(['?', '#']) {
+            return Err(format!("{v:?}: no query or fragment, only http[s]://host[:port][/path]"));
         }
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let (host, port) = match authority.strip_prefix('[') {
@@ -589,15 +670,17 @@ impl HttpUrl {
         }
         let port = match port {
             Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("{v:?}: invalid port {p:?}"))?,
+            None if tls => 443,
             None => 80,
         };
-        Ok(Self { host: host.to_string(), port, authority: authority.to_string(), path: path.trim_end_matches('/').to_string() })
+        Ok(Self { tls, host: host.to_string(), port, authority: authority.to_string(), path: path.trim_end_matches('/').to_string() })
     }
 }
 
 impl std::fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.path)
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority, self.path)
     }
 }
 
@@ -733,12 +816,17 @@ mod tests {
         let v6 = HttpUrl::parse("http://[::1]:9090").expect("an IPv6 URL");
         assert_eq!((v6.host.as_str(), v6.port, v6.authority.as_str(), v6.path.as_str()), ("::1", 9090, "[::1]:9090", ""));
         assert_eq!(HttpUrl::parse("http://prometheus").expect("a URL without a port").port, 80);
+        let https = HttpUrl::parse("https://thanos-querier.monitoring/").expect("an https URL");
+        assert_eq!((https.tls, https.port, https.path.as_str()), (true, 443, ""));
+        assert_eq!(https.to_string(), "https://thanos-querier.monitoring");
+        assert!(!url.tls);
 
         let errs = Settings::from_pairs([("activity-source", "prometheus")], "").unwrap_err();
         assert_eq!((errs[0].key.as_str(), errs[0].reason.as_str()), ("prometheus-url", "required when activity-source is prometheus"));
         for (value, says) in [
-            ("https://prom:9090", "https is not supported"),
-            ("prom:9090", "expected http://"),
+            ("ftp://prom:9090", "expected http[s]://"),
+            ("prom:9090", "expected http[s]://"),
+            ("http://me:pw@prom:9090", "use prometheus-username and prometheus-password-file"),
             ("http://:9090", "invalid host"),
             ("http://prom:0", "invalid port"),
             ("http://prom:x", "invalid port"),
@@ -751,6 +839,42 @@ mod tests {
         assert!(Settings::from_pairs([("prometheus-selector", "{job=\"x\"}")], "").unwrap_err()[0].reason.contains("without braces"));
         let e = Settings::from_pairs([("activity-source", "kafka")], "").unwrap_err();
         assert!(e[0].reason.contains("expected gateways or prometheus"), "{}", e[0].reason);
+    }
+
+    #[test]
+    fn prometheus_access_keys() {
+        let https = ("prometheus-url", "https://thanos-querier.monitoring:9091");
+        let s = Settings::from_pairs(
+            [https, ("prometheus-ca-file", " /run/ca.crt "), ("prometheus-username", "wakegate"), ("prometheus-password-file", "/run/pw")],
+            "",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(s.prometheus_ca_file.as_deref(), Some(std::path::Path::new("/run/ca.crt")));
+        assert_eq!(s.prometheus_username.as_deref(), Some("wakegate"));
+        assert_eq!(s.prometheus_password_file.as_deref(), Some(std::path::Path::new("/run/pw")));
+        let s = Settings::from_pairs([https, ("prometheus-bearer-token-file", "/var/run/secrets/kubernetes.io/serviceaccount/token")], "")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(s.prometheus_bearer_token_file.is_some() && s.prometheus_username.is_none());
+        // Empty values are the defaults: nothing.
+        let s = Settings::from_pairs([("prometheus-ca-file", ""), ("prometheus-username", " ")], "").unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((s.prometheus_ca_file, s.prometheus_username), (None, None));
+
+        let refused = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            Settings::from_pairs(pairs.iter().copied(), "settings.").unwrap_err().into_iter().map(|e| (e.key, e.reason)).collect()
+        };
+        let e = refused(&[("prometheus-bearer-token-file", "/t"), ("prometheus-username", "u"), ("prometheus-password-file", "/p")]);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].0, "settings.prometheus-bearer-token-file");
+        assert!(e[0].1.contains("not both"), "{}", e[0].1);
+        assert_eq!(
+            refused(&[("prometheus-username", "u")])[0],
+            ("settings.prometheus-password-file".into(), "required with prometheus-username".into())
+        );
+        assert_eq!(refused(&[("prometheus-password-file", "/p")])[0].0, "settings.prometheus-username");
+        let e = refused(&[("prometheus-url", "http://prom:9090"), ("prometheus-ca-file", "/ca.pem")]);
+        assert_eq!(e[0], ("settings.prometheus-ca-file".into(), "only used with an https prometheus-url".into()));
+        assert!(refused(&[("prometheus-username", "a:b")])[0].1.contains("no ':'"));
+        assert!(refused(&[("prometheus-ca-file", "/a\nb")])[0].1.contains("no control characters"));
     }
 
     #[test]

@@ -12,14 +12,31 @@
 //! would be missing); and when it has no figures at all. One reading asks one
 //! Prometheus server (the name is resolved once): replicas behind a Service
 //! may hold different samples.
+//!
+//! An `https` URL is checked against `prometheus-ca-file` (else the system's
+//! CAs); a bearer token or basic auth password is sent with every query. The
+//! files are read at every reading, as Prometheus reads its own
+//! `bearer_token_file` and `password_file`: a rotated service account token,
+//! a renewed CA or a changed password is used without a restart.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 
+use base64::Engine;
+use http::HeaderValue;
 use proto::metrics as names;
-use proto::settings::HttpUrl;
+use proto::settings::{HttpUrl, Settings};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
+use tokio_rustls::TlsConnector;
 
-use super::scrape::{self, Activity, ScrapeError};
+use super::scrape::{self, Activity, Get, ScrapeError};
+
+/// Largest CA bundle, token or password file read.
+const MAX_FILE: u64 = 1 << 20;
 
 /// How far back a replica that stopped reporting is still waited for.
 const GONE_WINDOW: &str = "5m";
@@ -67,33 +84,133 @@ impl Queries {
     }
 }
 
-/// Reads every solution's activity through Prometheus at `url`, expecting
-/// figures from `gateways` ready gateway replicas.
-pub async fn activity(url: &HttpUrl, selector: &str, gateways: usize) -> Result<Activity, ScrapeError> {
+/// How every query of one reading reaches Prometheus.
+struct Access {
+    /// For an `https` URL: the connector and the name to check.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// `Bearer …` or `Basic …`, marked sensitive.
+    authorization: Option<HeaderValue>,
+}
+
+impl Access {
+    /// Reads the files `settings` names for `url`; an error names the key and the file.
+    fn new(url: &HttpUrl, settings: &Settings) -> Result<Access, String> {
+        let tls = if url.tls {
+            let name =
+                ServerName::try_from(url.host.clone()).map_err(|e| format!("{}: not a name to check a certificate for: {e}", url.host))?;
+            Some((connector(settings.prometheus_ca_file.as_deref())?, name))
+        } else {
+            None
+        };
+        let credentials = match (&settings.prometheus_bearer_token_file, &settings.prometheus_username, &settings.prometheus_password_file)
+        {
+            (Some(file), _, _) => {
+                Some(("prometheus-bearer-token-file", format!("Bearer {}", secret("prometheus-bearer-token-file", file)?)))
+            }
+            (None, Some(user), Some(file)) => {
+                let password = secret("prometheus-password-file", file)?;
+                let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                Some(("prometheus-password-file", format!("Basic {pair}")))
+            }
+            _ => None,
+        };
+        let authorization = match credentials {
+            Some((key, value)) => {
+                let mut value = HeaderValue::try_from(value).map_err(|_| format!("{key}: holds characters an HTTP field cannot carry"))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        Ok(Access { tls, authorization })
+    }
+}
+
+/// A TLS client trusting the CAs in `ca_file`, or the system's.
+fn connector(ca_file: Option<&Path>) -> Result<TlsConnector, String> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(file) => {
+            let fail = |reason: String| format!("prometheus-ca-file {}: {reason}", file.display());
+            let pem = read_small(file).map_err(fail)?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| fail(format!("unreadable PEM: {e}")))?;
+                roots.add(cert).map_err(|e| fail(format!("not a CA certificate rustls accepts: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(fail("no certificate in it".into()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(format!("no CA certificates found on this system ({:?}); set prometheus-ca-file", found.errors));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// A token or password from its file, without the whitespace around it.
+fn secret(key: &str, file: &Path) -> Result<String, String> {
+    let fail = |reason: String| format!("{key} {}: {reason}", file.display());
+    let bytes = read_small(file).map_err(fail)?;
+    let text = String::from_utf8(bytes).map_err(|_| fail("not UTF-8".into()))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(fail("empty".into()));
+    }
+    Ok(text.to_string())
+}
+
+/// A regular file of at most [`MAX_FILE`] bytes (a Secret or ConfigMap key mounted as a file).
+fn read_small(file: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(file).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_FILE {
+        return Err(format!("{} bytes, more than the {MAX_FILE} read", meta.len()));
+    }
+    std::fs::read(file).map_err(|e| e.to_string())
+}
+
+/// Reads every solution's activity through Prometheus at `url`, reached as
+/// `settings` say, expecting figures from `gateways` ready gateway replicas.
+pub async fn activity(url: &HttpUrl, settings: &Settings, gateways: usize) -> Result<Activity, ScrapeError> {
     let fail = |reason: String| ScrapeError::Prometheus { url: url.to_string(), reason };
+    let access = Access::new(url, settings).map_err(fail)?;
     let server = resolve(url).await.map_err(fail)?;
-    let q = Queries::new(selector);
+    let q = Queries::new(&settings.prometheus_selector);
     // Asked first: the samples read next are at least as new.
-    let Some(oldest) = query(server, url, &q.as_of).await.map_err(fail)?.into_iter().next() else {
+    let Some(oldest) = query(server, url, &access, &q.as_of).await.map_err(fail)?.into_iter().next() else {
         return Err(fail("no wakegate figures at all: is it scraping the gateways' admin port?".into()));
     };
     let mut activity = Activity { as_of: Some(oldest.value), evaluated: Some(oldest.at), ..Activity::default() };
-    for s in query(server, url, &q.last).await.map_err(fail)? {
+    for s in query(server, url, &access, &q.last).await.map_err(fail)? {
         if let Some(solution) = s.labels.get("solution").and_then(Value::as_str) {
             activity.last_request.insert(solution.to_string(), s.value);
         }
     }
-    for s in query(server, url, &q.busy).await.map_err(fail)? {
+    for s in query(server, url, &access, &q.busy).await.map_err(fail)? {
         if let Some(solution) = s.labels.get("solution").and_then(Value::as_str) {
             activity.busy.insert(solution.to_string(), s.value);
         }
     }
     // Asked last: a gateway that went away while the figures were read is seen.
-    let reporting = query(server, url, &q.reporting).await.map_err(fail)?.first().map_or(0, |s| s.value as usize);
+    let reporting = query(server, url, &access, &q.reporting).await.map_err(fail)?.first().map_or(0, |s| s.value as usize);
     if reporting < gateways {
         return Err(fail(format!("it has figures from {reporting} gateway(s), {gateways} are ready: not all are scraped yet")));
     }
-    if let Some(s) = query(server, url, &q.gone).await.map_err(fail)?.first() {
+    if let Some(s) = query(server, url, &access, &q.gone).await.map_err(fail)?.first() {
         let who = |k: &str| s.labels.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
         return Err(fail(format!(
             "gateway {} (job {}) stopped reporting within the last {GONE_WINDOW}: its latest requests are unknown",
@@ -115,10 +232,12 @@ async fn resolve(url: &HttpUrl) -> Result<SocketAddr, String> {
 }
 
 /// One instant query.
-async fn query(server: SocketAddr, url: &HttpUrl, promql: &str) -> Result<Vec<Sample>, String> {
+async fn query(server: SocketAddr, url: &HttpUrl, access: &Access, promql: &str) -> Result<Vec<Sample>, String> {
     let encoded: String = form_urlencoded::byte_serialize(promql.as_bytes()).collect();
     let path = format!("{}/api/v1/query?query={encoded}", url.path);
-    let (status, body) = scrape::fetch(server, &url.authority, &path).await?;
+    let tls = access.tls.as_ref().map(|(connector, name)| (connector, name));
+    let get = Get { host: &url.authority, path: &path, tls, authorization: access.authorization.as_ref() };
+    let (status, body) = scrape::fetch(server, get).await?;
     samples(status, &body).map_err(|e| format!("{e} (query {promql})"))
 }
 
@@ -177,6 +296,87 @@ mod tests {
         assert!(samples(StatusCode::OK, matrix).unwrap_err().contains("expected a vector"));
         let nan = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}"#;
         assert!(samples(StatusCode::OK, nan).unwrap_err().starts_with("unreadable sample"));
+    }
+
+    /// Answers one query on a loopback port with an empty vector; the
+    /// request head it got comes back through the handle (hyper writes field
+    /// names in lower case).
+    async fn one_answer() -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        let served = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("the query's connection");
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8];
+                conn.read_exact(&mut byte).await.expect("the request head");
+                head.push(byte[0]);
+            }
+            let body = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            conn.write_all(answer.as_bytes()).await.expect("the answer");
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (addr, served)
+    }
+
+    #[tokio::test]
+    async fn queries_carry_the_credentials_read_from_their_files() {
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let token = dir.path().join("token");
+        let password = dir.path().join("password");
+        let url = HttpUrl::parse("http://prometheus.monitoring:9090/prom").expect("a URL");
+        let settings = |pairs: &[(&str, &str)]| Settings::from_pairs(pairs.iter().copied(), "").expect("valid settings");
+        let url = &url;
+        let asked = |access: Access| async move {
+            let (addr, served) = one_answer().await;
+            query(addr, url, &access, "up").await.expect("an empty vector");
+            served.await.expect("the server task")
+        };
+
+        let bearer = settings(&[("prometheus-bearer-token-file", token.to_str().expect("a UTF-8 path"))]);
+        std::fs::write(&token, "first.jwt\n").expect("the token file");
+        let head = asked(Access::new(url, &bearer).expect("access")).await;
+        assert!(head.starts_with("GET /prom/api/v1/query?query=up HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: prometheus.monitoring:9090\r\n"), "{head}");
+        assert!(head.contains("\r\nauthorization: Bearer first.jwt\r\n"), "{head}");
+        // Rotated (a projected service account token is, hourly): the next reading sends the new one.
+        std::fs::write(&token, "second.jwt").expect("the token file");
+        assert!(asked(Access::new(url, &bearer).expect("access")).await.contains("authorization: Bearer second.jwt\r\n"));
+
+        let basic =
+            settings(&[("prometheus-username", "wakegate"), ("prometheus-password-file", password.to_str().expect("a UTF-8 path"))]);
+        std::fs::write(&password, "s3cret\n").expect("the password file");
+        // base64("wakegate:s3cret")
+        assert!(asked(Access::new(url, &basic).expect("access")).await.contains("authorization: Basic d2FrZWdhdGU6czNjcmV0\r\n"));
+
+        let none = asked(Access::new(url, &settings(&[])).expect("access")).await;
+        assert!(!none.contains("authorization"), "{none}");
+    }
+
+    #[test]
+    fn unreadable_access_files_name_their_key_and_path() {
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let path = |name: &str| dir.path().join(name).to_str().expect("a UTF-8 path").to_string();
+        let https = HttpUrl::parse("https://127.0.0.1:9091").expect("a URL");
+        let refused = |pairs: &[(&str, &str)]| {
+            let s = Settings::from_pairs(pairs.iter().copied(), "").expect("valid settings");
+            Access::new(&https, &s).err().expect("refused")
+        };
+        let missing = path("missing");
+        let e = refused(&[("prometheus-bearer-token-file", &missing)]);
+        assert!(e.starts_with(&format!("prometheus-bearer-token-file {missing}: ")) && e.contains("No such file"), "{e}");
+        std::fs::write(path("blank"), " \n").expect("a file");
+        let e = refused(&[("prometheus-username", "u"), ("prometheus-password-file", &path("blank"))]);
+        assert_eq!(e, format!("prometheus-password-file {}: empty", path("blank")));
+        std::fs::write(path("ctl"), "a\u{7}b").expect("a file");
+        let e = refused(&[("prometheus-bearer-token-file", &path("ctl"))]);
+        assert!(e.contains("cannot carry"), "{e}");
+        let e = refused(&[("prometheus-ca-file", &path("blank"))]);
+        assert_eq!(e, format!("prometheus-ca-file {}: no certificate in it", path("blank")));
+        let e = refused(&[("prometheus-ca-file", dir.path().to_str().expect("a UTF-8 path"))]);
+        assert!(e.ends_with("not a regular file"), "{e}");
     }
 
     #[test]

@@ -155,7 +155,7 @@ impl Reaper {
             (ActivitySource::Prometheus, Some(url)) => {
                 async {
                     let ready = scrape::gateways(&self.client, &self.args.namespace, &self.args.gateway_service).await?;
-                    super::prometheus::activity(url, &settings.prometheus_selector, ready.len()).await
+                    super::prometheus::activity(url, settings, ready.len()).await
                 }
                 .await
             }

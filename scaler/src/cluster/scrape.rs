@@ -8,13 +8,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::header::{AUTHORIZATION, HOST};
+use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::ListParams;
 use proto::metrics as names;
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
 /// Longest wait for one replica's metrics.
 pub(super) const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -110,27 +113,57 @@ pub async fn gateways(client: &kube::Client, namespace: &str, service: &str) -> 
 /// Reads one replica's `/metrics`.
 pub async fn page(addr: SocketAddr) -> Result<String, ScrapeError> {
     let fail = |reason: String| ScrapeError::Replica { addr, reason };
-    let (status, body) = fetch(addr, &addr.to_string(), "/metrics").await.map_err(fail)?;
+    let get = Get { host: &addr.to_string(), path: "/metrics", tls: None, authorization: None };
+    let (status, body) = fetch(addr, get).await.map_err(fail)?;
     if !status.is_success() {
         return Err(fail(format!("status {status}")));
     }
     Ok(body)
 }
 
-/// One HTTP/1.1 GET of `path` from `connect`, with `host` as its `Host`:
-/// the answer's status and body (at most [`MAX_PAGE`]), within [`SCRAPE_TIMEOUT`].
-pub(super) async fn fetch(connect: impl tokio::net::ToSocketAddrs, host: &str, path: &str) -> Result<(StatusCode, String), String> {
+/// One GET: what it asks and how it gets there.
+pub(super) struct Get<'a> {
+    /// The `Host` field.
+    pub host: &'a str,
+    /// Path and query.
+    pub path: &'a str,
+    /// TLS, with the name the server's certificate must carry.
+    pub tls: Option<(&'a TlsConnector, &'a ServerName<'static>)>,
+    /// The `Authorization` field.
+    pub authorization: Option<&'a HeaderValue>,
+}
+
+/// One HTTP/1.1 GET from `connect`: the answer's status and body (at most
+/// [`MAX_PAGE`]), within [`SCRAPE_TIMEOUT`] (TLS handshake included).
+pub(super) async fn fetch(connect: SocketAddr, get: Get<'_>) -> Result<(StatusCode, String), String> {
     let fetch = async {
+        let mut req = Request::get(get.path).header(HOST, get.host);
+        if let Some(value) = get.authorization {
+            req = req.header(AUTHORIZATION, value.clone());
+        }
+        let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
         let stream = tokio::net::TcpStream::connect(connect).await.map_err(|e| e.to_string())?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = Request::get(path).header("host", host).body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_PAGE).collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        match get.tls {
+            Some((connector, name)) => {
+                let tls = connector.connect(name.clone(), stream).await.map_err(|e| format!("TLS handshake: {e}"))?;
+                exchange(tls, req).await
+            }
+            None => exchange(stream, req).await,
+        }
     };
     tokio::time::timeout(SCRAPE_TIMEOUT, fetch).await.unwrap_or_else(|_| Err("timed out".into()))
+}
+
+async fn exchange<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<(StatusCode, String), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), MAX_PAGE).collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Reads every replica; fails if any one cannot be read.
