@@ -538,11 +538,23 @@ async fn the_scaler_reads_a_prometheus_behind_https_and_basic_auth() {
     // The right CA, the wrong password: Prometheus says 401, still nothing.
     std::fs::copy(&cert, &ca).unwrap();
     assert!(logged("status 401 Unauthorized").await, "{}", c.scalers[0].log());
+    // An edit that leaves the user without a password file: the scaler does
+    // not fall back to asking without credentials; it asks nothing.
+    let config = api.get("v1", "configmaps", "wakegate", "wakegate-config").unwrap();
+    let mut broken = config.clone();
+    broken["data"].as_object_mut().unwrap().remove("prometheus-password-file");
+    api.put(broken).unwrap();
+    assert!(logged("the ConfigMap's keys are refused: prometheus-password-file: required with prometheus-username").await);
     tokio::time::sleep_until((asked + Duration::from_millis(4500)).max(Instant::now() + Duration::from_millis(1000)).into()).await;
     assert_eq!(replicas(api), 1, "idle past its timeout, but unreadable: kept up");
-    // The password file corrected: read at the next round, no restart.
+    // The key back and the password file corrected: read at the next round, no restart.
     std::fs::write(&password, "s3cret\n").unwrap();
+    api.put(config).unwrap();
     assert!(eventually(Duration::from_secs(15), || async { replicas(api) == 0 }).await, "read: scaled to zero\n{}", c.scalers[0].log());
+    // The password is sent, never logged (base64 of wakegate:s3cret either).
+    for g in c.scalers.iter().chain(&c.gateways) {
+        assert!(!g.log().contains("s3cret") && !g.log().contains("d2FrZWdhdGU6czNjcmV0"), "{}", g.log());
+    }
     drop(c.gateways.drain(..));
     drop(c.scalers.drain(..));
 }

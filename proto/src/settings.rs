@@ -543,7 +543,8 @@ impl Settings {
             "prometheus-username" => {
                 let v = value.trim();
                 if v.contains(|c: char| c == ':' || c.is_control()) {
-                    return Err(format!("{v:?}: a basic auth user name has no ':' and no control characters"));
+                    // Not echoed: "user:password" is the likely mistake.
+                    return Err("a basic auth user name has no ':' and no control characters".into());
                 }
                 self.prometheus_username = Some(v.to_string()).filter(|v| !v.is_empty());
             }
@@ -571,8 +572,9 @@ impl Settings {
 }
 
 impl Settings {
-    /// What is wrong with the Prometheus keys taken together, by key.
-    fn prometheus_access_errors(&self) -> Vec<(&'static str, String)> {
+    /// What is wrong with the Prometheus keys taken together, by key (the
+    /// scaler, which reads the ConfigMap key by key, checks it too).
+    pub fn prometheus_access_errors(&self) -> Vec<(&'static str, String)> {
         let mut errors = Vec::new();
         if self.prometheus_bearer_token_file.is_some() && (self.prometheus_username.is_some() || self.prometheus_password_file.is_some()) {
             errors.push((
@@ -591,13 +593,18 @@ impl Settings {
     }
 }
 
-/// A file path as written; empty means none.
+/// An absolute file path as written; empty means none. The value is not
+/// echoed in the reason: a token or password pasted here by mistake would
+/// end up in Events and logs.
 fn parse_path(value: &str) -> Result<Option<PathBuf>, String> {
     let v = value.trim();
-    if v.contains(|c: char| c.is_control()) {
-        return Err(format!("{v:?}: a file path has no control characters"));
+    if v.is_empty() {
+        return Ok(None);
     }
-    Ok(Some(PathBuf::from(v)).filter(|_| !v.is_empty()))
+    if !v.starts_with('/') || v.contains(|c: char| c.is_control()) {
+        return Err("expected the absolute path of a file mounted into the pod, e.g. /etc/wakegate/prometheus/password".into());
+    }
+    Ok(Some(PathBuf::from(v)))
 }
 
 /// Where the cluster scaler reads how busy each solution is.
@@ -645,11 +652,12 @@ impl HttpUrl {
             (_, Some(rest)) => (true, rest),
             _ => return Err(format!("{v:?}: expected http[s]://host[:port][/path]")),
         };
+        // Neither reason echoes the value: what is wrong with it may be a secret.
         if rest.contains('@') {
-            return Err(format!("{v:?}: no credentials in the URL; use prometheus-username and prometheus-password-file"));
+            return Err("no credentials in the URL; use prometheus-username and prometheus-password-file".into());
         }
         if rest.contains(['?', '#']) {
-            return Err(format!("{v:?}: no query or fragment, only http[s]://host[:port][/path]"));
+            return Err("no query or fragment, only http[s]://host[:port][/path]".into());
         }
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let (host, port) = match authority.strip_prefix('[') {
@@ -873,8 +881,17 @@ mod tests {
         assert_eq!(refused(&[("prometheus-password-file", "/p")])[0].0, "settings.prometheus-username");
         let e = refused(&[("prometheus-url", "http://prom:9090"), ("prometheus-ca-file", "/ca.pem")]);
         assert_eq!(e[0], ("settings.prometheus-ca-file".into(), "only used with an https prometheus-url".into()));
-        assert!(refused(&[("prometheus-username", "a:b")])[0].1.contains("no ':'"));
-        assert!(refused(&[("prometheus-ca-file", "/a\nb")])[0].1.contains("no control characters"));
+        // Reasons that may be about a secret do not repeat the value.
+        let e = refused(&[("prometheus-username", "wakegate:hunter2")]);
+        assert!(e[0].1.contains("no ':'") && !e[0].1.contains("hunter2"), "{}", e[0].1);
+        for pasted in ["eyJhbGciOiJSUzI1NiJ9.secret", "/a\nb", "relative/password"] {
+            let e = refused(&[("prometheus-bearer-token-file", pasted)]);
+            assert!(e[0].1.starts_with("expected the absolute path") && !e[0].1.contains("secret"), "{}", e[0].1);
+        }
+        let e = HttpUrl::parse("https://me:hunter2@prom:9090").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = HttpUrl::parse("https://prom:9090/?access_token=hunter2").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -95,13 +95,6 @@ struct Access {
 impl Access {
     /// Reads the files `settings` names for `url`; an error names the key and the file.
     fn new(url: &HttpUrl, settings: &Settings) -> Result<Access, String> {
-        let tls = if url.tls {
-            let name =
-                ServerName::try_from(url.host.clone()).map_err(|e| format!("{}: not a name to check a certificate for: {e}", url.host))?;
-            Some((connector(settings.prometheus_ca_file.as_deref())?, name))
-        } else {
-            None
-        };
         let credentials = match (&settings.prometheus_bearer_token_file, &settings.prometheus_username, &settings.prometheus_password_file)
         {
             (Some(file), _, _) => {
@@ -121,6 +114,13 @@ impl Access {
                 Some(value)
             }
             None => None,
+        };
+        let tls = if url.tls {
+            let name =
+                ServerName::try_from(url.host.clone()).map_err(|e| format!("{}: not a name to check a certificate for: {e}", url.host))?;
+            Some((connector(settings.prometheus_ca_file.as_deref())?, name))
+        } else {
+            None
         };
         Ok(Access { tls, authorization })
     }
@@ -171,23 +171,28 @@ fn secret(key: &str, file: &Path) -> Result<String, String> {
     Ok(text.to_string())
 }
 
-/// A regular file of at most [`MAX_FILE`] bytes (a Secret or ConfigMap key mounted as a file).
+/// A regular file of at most [`MAX_FILE`] bytes (a Secret or ConfigMap key
+/// mounted as a file); checked before it is opened (a FIFO would block the open).
 fn read_small(file: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(file).map_err(|e| e.to_string())?;
-    if !meta.is_file() {
+    use std::io::Read;
+    if !std::fs::metadata(file).map_err(|e| e.to_string())?.is_file() {
         return Err("not a regular file".into());
     }
-    if meta.len() > MAX_FILE {
-        return Err(format!("{} bytes, more than the {MAX_FILE} read", meta.len()));
+    let mut bytes = Vec::new();
+    std::fs::File::open(file).and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes)).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(format!("more than the {MAX_FILE} bytes read"));
     }
-    std::fs::read(file).map_err(|e| e.to_string())
+    Ok(bytes)
 }
 
 /// Reads every solution's activity through Prometheus at `url`, reached as
 /// `settings` say, expecting figures from `gateways` ready gateway replicas.
 pub async fn activity(url: &HttpUrl, settings: &Settings, gateways: usize) -> Result<Activity, ScrapeError> {
     let fail = |reason: String| ScrapeError::Prometheus { url: url.to_string(), reason };
-    let access = Access::new(url, settings).map_err(fail)?;
+    // File reads and the system's CA bundle: off the runtime's threads.
+    let (u, s) = (url.clone(), settings.clone());
+    let access = tokio::task::spawn_blocking(move || Access::new(&u, &s)).await.map_err(|e| fail(e.to_string()))?.map_err(fail)?;
     let server = resolve(url).await.map_err(fail)?;
     let q = Queries::new(&settings.prometheus_selector);
     // Asked first: the samples read next are at least as new.
@@ -241,11 +246,20 @@ async fn query(server: SocketAddr, url: &HttpUrl, access: &Access, promql: &str)
     samples(status, &body).map_err(|e| format!("{e} (query {promql})"))
 }
 
+/// What a refusal's plain-text body adds to its status (kube-rbac-proxy:
+/// "Forbidden (user=…, verb=get, …)"): its first line, short, if it says
+/// more than the status does; nothing for HTML.
+fn said(status: http::StatusCode, body: &str) -> String {
+    let line: String = body.lines().next().unwrap_or("").trim().chars().filter(|c| !c.is_control()).take(200).collect();
+    let reason = status.canonical_reason().unwrap_or("");
+    if line.is_empty() || line.starts_with('<') || line.eq_ignore_ascii_case(reason) { String::new() } else { format!(": {line}") }
+}
+
 /// The samples of an instant-vector answer, or why there are none.
 fn samples(status: http::StatusCode, body: &str) -> Result<Vec<Sample>, String> {
     let json: Value = match serde_json::from_str(body) {
         Ok(v) => v,
-        Err(_) if !status.is_success() => return Err(format!("status {status}")),
+        Err(_) if !status.is_success() => return Err(format!("status {status}{}", said(status, body))),
         Err(e) => return Err(format!("not a Prometheus answer: {e}")),
     };
     if json["status"] != "success" {
@@ -291,6 +305,9 @@ mod tests {
         let bad = r#"{"status":"error","errorType":"bad_data","error":"parse error at char 4"}"#;
         assert_eq!(samples(StatusCode::BAD_REQUEST, bad).unwrap_err(), "status 400 Bad Request: parse error at char 4");
         assert_eq!(samples(StatusCode::BAD_GATEWAY, "<html>").unwrap_err(), "status 502 Bad Gateway");
+        assert_eq!(samples(StatusCode::UNAUTHORIZED, "Unauthorized\n").unwrap_err(), "status 401 Unauthorized");
+        let rbac = "Forbidden (user=system:serviceaccount:wakegate:wakegate-scaler, verb=get, resource=namespaces, subresource=)\n";
+        assert_eq!(samples(StatusCode::FORBIDDEN, rbac).unwrap_err(), format!("status 403 Forbidden: {}", rbac.trim_end()),);
         assert!(samples(StatusCode::OK, "<html>").unwrap_err().starts_with("not a Prometheus answer"));
         let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
         assert!(samples(StatusCode::OK, matrix).unwrap_err().contains("expected a vector"));
@@ -377,6 +394,70 @@ mod tests {
         assert_eq!(e, format!("prometheus-ca-file {}: no certificate in it", path("blank")));
         let e = refused(&[("prometheus-ca-file", dir.path().to_str().expect("a UTF-8 path"))]);
         assert!(e.ends_with("not a regular file"), "{e}");
+        std::fs::write(path("huge"), vec![b'a'; MAX_FILE as usize + 1]).expect("a file");
+        let e = refused(&[("prometheus-bearer-token-file", &path("huge"))]);
+        assert!(e.ends_with("more than the 1048576 bytes read"), "{e}");
+    }
+
+    /// An https Prometheus by its DNS name: SNI carries the name, the
+    /// certificate is checked against it and against the CA file.
+    #[tokio::test]
+    async fn https_checks_the_certificate_against_the_urls_name() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let mut params = rcgen::CertificateParams::new(vec!["prometheus.monitoring.svc".to_string()]).expect("names");
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = params.self_signed(&key).expect("a certificate");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.pem()).expect("the CA file");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key_der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("a DER key");
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key_der)
+            .expect("a server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        let served = tokio::spawn(async move {
+            let mut sni = Vec::new();
+            // The first handshake fails (a name the certificate lacks); the second is served.
+            for _ in 0..2 {
+                let (tcp, _) = listener.accept().await.expect("a connection");
+                let Ok(mut tls) = acceptor.accept(tcp).await else { continue };
+                sni.push(tls.get_ref().1.server_name().map(str::to_string));
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    head.push(tls.read_u8().await.expect("the request head"));
+                }
+                let body = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+                let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                tls.write_all(answer.as_bytes()).await.expect("the answer");
+                tls.shutdown().await.expect("close_notify");
+            }
+            sni
+        });
+        let ca_file = ca.to_str().expect("a UTF-8 path");
+        let ask = |url: &str| {
+            let url = HttpUrl::parse(url).expect("a URL");
+            let settings = Settings::from_pairs([("prometheus-url", url.to_string().as_str()), ("prometheus-ca-file", ca_file)], "")
+                .expect("valid settings");
+            async move {
+                let access = Access::new(&url, &settings).expect("access");
+                query(addr, &url, &access, "up").await
+            }
+        };
+        let wrong = ask("https://prometheus.monitoring:9091").await.unwrap_err();
+        assert!(
+            wrong.starts_with("TLS handshake: invalid peer certificate")
+                && wrong.contains("certificate not valid for name \"prometheus.monitoring\""),
+            "{wrong}"
+        );
+        assert_eq!(ask("https://prometheus.monitoring.svc:9091").await, Ok(Vec::new()));
+        assert_eq!(served.await.expect("the server task"), [Some("prometheus.monitoring.svc".to_string())]);
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub struct Reaper {
     recorder: Recorder,
     /// When each Deployment was first seen up (by this replica).
     up_since: HashMap<(String, String), SystemTime>,
+    /// Why the ConfigMap's `prometheus-*` keys cannot be used as written
+    /// (empty: they can). Unlike other keys they do not fall back to their
+    /// defaults: that could mean no credentials, or the system's CAs instead
+    /// of the one named.
+    prometheus_refused: Vec<String>,
 }
 
 impl Reaper {
@@ -45,7 +50,7 @@ impl Reaper {
     pub fn new(client: kube::Client, args: Args, metrics: Arc<ScalerMetrics>) -> Self {
         let reporter = Reporter { controller: "wakegate-scaler".into(), instance: Some(args.identity.clone()) };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, args, metrics, recorder, up_since: HashMap::new() }
+        Self { client, args, metrics, recorder, up_since: HashMap::new(), prometheus_refused: Vec::new() }
     }
 
     /// Runs until `shutdown`, working only while `leader` is true.
@@ -66,8 +71,9 @@ impl Reaper {
     }
 
     /// The ConfigMap's settings (defaults where it is missing or invalid: the
-    /// gateways report a bad edit; the reaper keeps working).
-    async fn settings(&self) -> Settings {
+    /// gateways report a bad edit; the reaper keeps working, except with
+    /// Prometheus keys it cannot use: see `prometheus_refused`).
+    async fn settings(&mut self) -> Settings {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.args.namespace);
         let data = match api.get_opt(&self.args.configmap).await {
             Ok(Some(cm)) => cm.data.unwrap_or_default(),
@@ -78,11 +84,17 @@ impl Reaper {
             }
         };
         let mut s = Settings::default();
+        let mut refused = Vec::new();
         for (k, v) in &data {
             if let Err(reason) = s.set(k, v) {
+                if k.starts_with("prometheus-") {
+                    refused.push(format!("{k}: {reason}"));
+                }
                 tracing::debug!(key = %k, "ignored: {reason}");
             }
         }
+        refused.extend(s.prometheus_access_errors().into_iter().map(|(k, reason)| format!("{k}: {reason}")));
+        self.prometheus_refused = refused;
         s
     }
 
@@ -152,6 +164,10 @@ impl Reaper {
     async fn read(&self, settings: &Settings) -> Option<Activity> {
         let reading = match (settings.activity_source, &settings.prometheus_url) {
             (ActivitySource::Gateways, _) => scrape::activity(&self.client, &self.args.namespace, &self.args.gateway_service).await,
+            (ActivitySource::Prometheus, url) if !self.prometheus_refused.is_empty() => Err(ScrapeError::Prometheus {
+                url: url.as_ref().map(ToString::to_string).unwrap_or_default(),
+                reason: format!("not asked, the ConfigMap's keys are refused: {}", self.prometheus_refused.join("; ")),
+            }),
             (ActivitySource::Prometheus, Some(url)) => {
                 async {
                     let ready = scrape::gateways(&self.client, &self.args.namespace, &self.args.gateway_service).await?;
