@@ -83,14 +83,28 @@ fn render(config: &str, dir: &Path) -> String {
 impl Wakegate {
     /// Starts wakegate with `config` (TOML; see [`render`]) and waits until it listens.
     pub fn start(config: &str) -> Wakegate {
-        Self::try_start(config).unwrap_or_else(|e| panic!("wakegate did not start: {e:#}"))
+        Self::start_under(&[], config)
     }
 
-    fn try_start(config: &str) -> Result<Wakegate> {
+    /// The same, run by `wrapper` (a command and its arguments, before
+    /// wakegate's own: e.g. `unshare --pid --fork`); [`Wakegate::pid`] is then the wrapper's.
+    pub fn start_under(wrapper: &[&str], config: &str) -> Wakegate {
+        Self::try_start(wrapper, config).unwrap_or_else(|e| panic!("wakegate did not start: {e:#}"))
+    }
+
+    fn try_start(wrapper: &[&str], config: &str) -> Result<Wakegate> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("wakegate.toml");
         std::fs::write(&path, render(config, dir.path()))?;
-        let mut child = Command::new(bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(&path)
             .env("WAKEGATE_LOG", "info,wakegate=debug,wakegate_scaler=debug")

@@ -311,6 +311,37 @@ async fn a_sigterm_sent_to_the_guard_alone_stops_the_solution() {
     assert_eq!(wg.starts().len(), 2, "{}", wg.log());
 }
 
+/// The one child of `parent`, by /proc.
+fn child_of(parent: i32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        (proc_stat(pid)?.get(1)?.parse::<i32>().ok()? == parent).then_some(pid)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_from_an_ancestor_pid_namespace_stops_the_solution() {
+    // wakegate in a pid namespace of its own, as in a container; the
+    // operator's `kill` comes from the host's namespace, so the guard sees
+    // no sender pid (0). It is still a stop from outside: passed on.
+    let wg = Wakegate::start_under(&["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"], SHELL_PARENT);
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    let gateway = child_of(wg.pid() as i32).unwrap_or_else(|| panic!("no wakegate below unshare; log:\n{}", wg.log()));
+    let guard = guard_of(gateway as u32).unwrap_or_else(|| panic!("no guard below pid {gateway}; log:\n{}", wg.log()));
+    let shell = child_of(guard).unwrap_or_else(|| panic!("no command below the guard; log:\n{}", wg.log()));
+    let app = child_of(shell).unwrap_or_else(|| panic!("no app below the shell; log:\n{}", wg.log()));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { !alive(app) }).await, "the app (pid {app}) lingers; log:\n{}", wg.log());
+    assert!(eventually(Duration::from_secs(5), || async { !alive(guard) }).await, "the guard lingers; log:\n{}", wg.log());
+    assert!(eventually(Duration::from_secs(5), || async { wg.log().contains("SIGTERM from pid 0") }).await, "{}", wg.log());
+    assert!(eventually(Duration::from_secs(5), || async { wg.phase("app").await == "cold" }).await, "{}", wg.log());
+    assert_eq!(wg.get("app", "/hello").await.status, 200, "woken again; log:\n{}", wg.log());
+    // unshare ignores SIGTERM while it waits: stop wakegate itself, and unshare follows.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(gateway), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let unshare = wg.pid() as i32;
+    assert!(eventually(Duration::from_secs(10), || async { !alive(unshare) }).await, "{}", wg.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_solution_stopped_with_the_gateway_leaves_nothing_behind() {
     // A stop signals the command's whole group: the guard between gateway

@@ -121,7 +121,10 @@ pub fn run(parent: u32, argv: &[OsString]) -> ExitCode {
             // signals the whole group itself): passed on, once. The
             // parent-death signal is checked for above.
             Ok(Some(info))
-                if info.ssi_signo == Signal::SIGTERM as u32 && !passed_on && !orphaned() && from_outside(info.ssi_pid, parent) =>
+                if info.ssi_signo == Signal::SIGTERM as u32
+                    && !passed_on
+                    && !orphaned()
+                    && from_outside(info.ssi_pid, info.ssi_code, parent) =>
             {
                 passed_on = true;
                 eprintln!("wakegate guard: SIGTERM from pid {}: stopping the command", info.ssi_pid);
@@ -140,10 +143,16 @@ pub fn run(parent: u32, argv: &[OsString]) -> ExitCode {
     }
 }
 
-/// Whether a SIGTERM from `sender` came from outside the solution's group
-/// and not from wakegate (`parent`): 0 is a sender this process cannot see.
-fn from_outside(sender: u32, parent: u32) -> bool {
-    if [0, parent, std::process::id()].contains(&sender) {
+/// Whether a SIGTERM from `sender` (with the siginfo `code`) came from
+/// outside the solution's group and not from wakegate (`parent`). Sender 0
+/// with a user's code is a `kill` from an ancestor pid namespace (the host,
+/// into wakegate's container), which neither wakegate nor the group is in;
+/// with the kernel's code (`SI_KERNEL`) it is no one's stop.
+fn from_outside(sender: u32, code: i32, parent: u32) -> bool {
+    if sender == 0 {
+        return code == nix::libc::SI_USER;
+    }
+    if [parent, std::process::id()].contains(&sender) {
         return false;
     }
     let Ok(pid) = i32::try_from(sender) else { return false };
@@ -234,13 +243,15 @@ mod tests {
     #[test]
     fn only_stops_from_outside_the_group_and_not_from_wakegate_are_passed_on() {
         let parent = std::os::unix::process::parent_id();
-        assert!(!from_outside(std::process::id(), parent), "this process itself");
-        assert!(!from_outside(parent, parent), "wakegate");
-        assert!(!from_outside(0, parent), "a sender in another pid namespace");
+        let user = nix::libc::SI_USER;
+        assert!(!from_outside(std::process::id(), user, parent), "this process itself");
+        assert!(!from_outside(parent, user, parent), "wakegate");
+        assert!(from_outside(0, user, parent), "a kill from an ancestor pid namespace");
+        assert!(!from_outside(0, nix::libc::SI_KERNEL, parent), "the kernel's own (SI_KERNEL)");
         let mut inside = Command::new("sleep").arg("5").spawn().expect("sleep runs");
         let mut outside = Command::new("sleep").arg("5").process_group(0).spawn().expect("sleep runs");
         let (a, b) = (inside.id(), outside.id());
-        let verdicts = (from_outside(a, parent), from_outside(b, parent));
+        let verdicts = (from_outside(a, user, parent), from_outside(b, user, parent));
         for c in [&mut inside, &mut outside] {
             let _ = c.kill();
             let _ = c.wait();
