@@ -559,6 +559,39 @@ async fn the_scaler_reads_a_prometheus_behind_https_and_basic_auth() {
     drop(c.scalers.drain(..));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_rules_name_only_metrics_the_gateway_and_scaler_export() {
+    // tests/alerts.rs runs the rules on series named as in the rules; this
+    // checks those names against what running processes export. A family
+    // shows once it has a sample: a wake-up and a refusal make them.
+    let mut c = Cluster::start_with(&[], 1).await;
+    assert_eq!(get(c.public(0), "web.aim.test", "/hello", &[]).await.unwrap().status, 200);
+    assert_eq!(get(c.public(0), "nothing.aim.test", "/", &[]).await.unwrap().status, 404);
+    let page = |addr| async move { get(addr, "admin", "/metrics", &[]).await.unwrap().body };
+    let exported = [page(c.gateways[0].addr("admin")).await, page(c.scalers[0].addr("admin")).await].concat();
+    let text =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/prometheusrule.yaml")).unwrap();
+    let rule: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let mut named = BTreeSet::new();
+    for r in rule["spec"]["groups"][0]["rules"].as_sequence().unwrap() {
+        let expr = r["expr"].as_str().unwrap();
+        for (i, _) in expr.match_indices("wakegate_") {
+            named.insert(expr[i..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect::<String>());
+        }
+    }
+    // The certificate's two gauges need a served certificate and ACME:
+    // gateway/tests/acme.rs reads both from the renewer's metrics.
+    named.retain(|n| !n.starts_with("wakegate_certificate_"));
+    assert!(named.len() >= 5, "{named:?}");
+    for name in &named {
+        // Counters: `# TYPE wakegate_x counter`, samples `wakegate_x_total`.
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        assert!(exported.contains(&format!("# TYPE {family} ")), "{name} is in the alert rules but not exported:\n{exported}");
+    }
+    drop(c.gateways.drain(..));
+    drop(c.scalers.drain(..));
+}
+
 /// Granted but legitimately unused in this test, each with its reason.
 const GATEWAY_UNUSED: &[(&str, &str, &str)] = &[
     // The TLS Secrets and the ACME Lease are used only with tls-source acme

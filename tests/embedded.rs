@@ -181,6 +181,7 @@ async fn config_edits_apply_live_and_bad_edits_are_rejected() {
     let wg = Wakegate::start(&config("idle-timeout = \"30m\""));
     assert_eq!(wg.get("app", "/hello").await.status, 200);
     assert_eq!(wg.phase("app").await, "ready");
+    assert_eq!(metric(&wg.metrics().await, "wakegate_config_last_reload_successful"), Some(1.0), "the config it started with");
 
     // A broken edit: rejected with its key, counted, and the old config keeps serving.
     wg.write_config(&config("idle-timeout = \"soon\""));
@@ -189,6 +190,7 @@ async fn config_edits_apply_live_and_bad_edits_are_rejected() {
     })
     .await;
     assert!(rejected, "bad edit not counted; log:\n{}", wg.log());
+    assert_eq!(metric(&wg.metrics().await, "wakegate_config_last_reload_successful"), Some(0.0));
     assert!(wg.log().contains("solution.app.idle-timeout"), "the log names the key:\n{}", wg.log());
     assert_eq!(wg.get("app", "/hello").await.status, 200);
     assert_eq!(wg.phase("app").await, "ready", "the old idle timeout still holds");
@@ -201,6 +203,7 @@ async fn config_edits_apply_live_and_bad_edits_are_rejected() {
     assert_eq!(wg.pid(), pid);
     let m = wg.metrics().await;
     assert_eq!(metric(&m, "wakegate_config_reloads_total{outcome=\"success\"}"), Some(1.0));
+    assert_eq!(metric(&m, "wakegate_config_last_reload_successful"), Some(1.0));
     assert_eq!(metric(&m, "wakegate_scale_downs_total{solution=\"app\",reason=\"idle\"}"), Some(1.0));
 }
 

@@ -96,6 +96,7 @@ pub async fn run(
     let orchestrator: Arc<dyn Orchestrator> = Arc::new(ProcessOrchestrator::new(metrics.clone()));
     let gw = Gateway::new(config, orchestrator.clone(), metrics.clone());
     gw.apply_loaded(&loaded);
+    metrics.config_applied();
     if let Some(addr) = tls_addr {
         // The redirect goes to the port actually bound (it may have been 0).
         let mut view = (**gw.tls.load()).clone();

@@ -96,6 +96,7 @@ pub struct Metrics {
     scale_downs: Family<ReasonLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    reload_ok: Gauge,
     limiter_clients: Gauge,
     /// Certificate and ACME metrics.
     pub tls: crate::tls::TlsMetrics,
@@ -124,6 +125,7 @@ impl Metrics {
             scale_downs: Family::default(),
             rejected: Family::default(),
             reloads: Family::default(),
+            reload_ok: Gauge::default(),
             limiter_clients: Gauge::default(),
             tls: crate::tls::TlsMetrics::default(),
             registry: Registry::default(),
@@ -144,6 +146,11 @@ impl Metrics {
         registry.register(names::SCALE_DOWNS, "Scale-downs to zero, by reason (idle, exited, removed, shutdown)", m.scale_downs.clone());
         registry.register(names::REJECTED, "Requests refused by the gateway, by reason", m.rejected.clone());
         registry.register(names::CONFIG_RELOADS, "Configuration reloads, by outcome (success, failure)", m.reloads.clone());
+        registry.register(
+            names::CONFIG_LAST_RELOAD_SUCCESSFUL,
+            "1 while the configuration last read was applied; 0 while it is refused (the last good one serves)",
+            m.reload_ok.clone(),
+        );
         registry.register(
             "rate_limiter_clients",
             "Client addresses tracked by the per-client rate limiters (bounded by rate-limit-max-clients per solution)",
@@ -198,6 +205,12 @@ impl Metrics {
     pub fn reload(&self, ok: bool) {
         let outcome = if ok { "success" } else { "failure" };
         self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
+        self.reload_ok.set(i64::from(ok));
+    }
+
+    /// Records the first configuration, applied (no reload counted).
+    pub fn config_applied(&self) {
+        self.reload_ok.set(1);
     }
 
     /// The OpenMetrics text of every series.

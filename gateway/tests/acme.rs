@@ -152,8 +152,18 @@ async fn rfc2136_wildcard_certificate_is_served_renewed_and_the_account_reused()
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     assert!(text.contains("wakegate_acme_orders_total{outcome=\"success\"} 1"), "{text}");
-    assert!(text.contains("wakegate_certificate_expiry_timestamp_seconds{name=\"aim.test\"}"), "{text}");
     assert!(text.contains("wakegate_acme_last_success_timestamp_seconds"), "{text}");
+    let gauge = |name: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name}{{name=\"aim.test\"}} ")))?;
+        line.rsplit(' ').next()?.parse().ok()
+    };
+    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+    let (expiry, renewal) =
+        (gauge("wakegate_certificate_expiry_timestamp_seconds"), gauge("wakegate_certificate_renewal_timestamp_seconds"));
+    assert!(
+        matches!((expiry, renewal), (Some(e), Some(r)) if now < r && r < e),
+        "renewal planned between now ({now}) and expiry: {renewal:?}, {expiry:?}\n{text}"
+    );
 
     // Stored for restarts, the key private.
     use std::os::unix::fs::PermissionsExt;

@@ -347,6 +347,7 @@ async fn configmap_edits_apply_live_and_a_bad_one_is_refused_with_an_event() -> 
     rig.set_settings(json!({"max-held-requests": "7"})).await?;
     eventually("max-held-requests is 7", || async { (held(rig.status("hello").await.ok()?)? == "7").then_some(()) }).await?;
     assert_eq!(rig.metric("wakegate_config_reloads_total{outcome=\"success\"}").await?, 1.0);
+    assert_eq!(rig.metric("wakegate_config_last_reload_successful").await?, 1.0);
 
     rig.set_settings(json!({"max-held-requests": "0", "idel-timeout": "1m"})).await?;
     eventually("the bad edit is counted", || async {
@@ -354,6 +355,7 @@ async fn configmap_edits_apply_live_and_a_bad_one_is_refused_with_an_event() -> 
     })
     .await?;
     assert_eq!(held(rig.status("hello").await?).as_deref(), Some("7"), "the last good value keeps serving");
+    assert_eq!(rig.metric("wakegate_config_last_reload_successful").await?, 0.0, "refused: the alert's gauge says so");
     let events = eventually("an InvalidConfig event", || async {
         let list = rig.api.list("events.k8s.io/v1", "events", Some(OURS));
         let found: Vec<Value> = list.into_iter().filter(|e| e["reason"] == "InvalidConfig").collect();
@@ -373,6 +375,7 @@ async fn configmap_edits_apply_live_and_a_bad_one_is_refused_with_an_event() -> 
     // Fixed: applies again.
     rig.set_settings(json!({"max-held-requests": "9", "idel-timeout": null})).await?;
     eventually("max-held-requests is 9", || async { (held(rig.status("hello").await.ok()?)? == "9").then_some(()) }).await?;
+    assert_eq!(rig.metric("wakegate_config_last_reload_successful").await?, 1.0);
     rig.stop().await
 }
 

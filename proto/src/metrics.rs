@@ -25,5 +25,7 @@ pub const READY_REPLICAS: &str = "ready_replicas";
 pub const SCALE_DOWNS: &str = "scale_downs";
 /// Configuration reloads by outcome (counter, `{outcome}`).
 pub const CONFIG_RELOADS: &str = "config_reloads";
+/// 1 while the configuration last read is applied, 0 while it is refused (gauge).
+pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "config_last_reload_successful";
 /// Refused requests by reason (counter, `{solution,reason}`).
 pub const REJECTED: &str = "rejected_requests";

@@ -139,6 +139,7 @@ impl Watch {
         if self.tx.borrow().is_none() {
             tracing::warn!(configmap = %self.name, "not found: serving with the default settings");
             if let Ok(loaded) = parse(&self.name, &BTreeMap::new()) {
+                self.metrics.config_applied();
                 self.tx.send_replace(Some(Arc::new(loaded)));
             }
         } else {
@@ -157,6 +158,8 @@ impl Watch {
                     self.warn_restart_only(&old, &loaded);
                     self.metrics.reload(true);
                     tracing::info!(configmap = %self.name, "configuration reloaded");
+                } else {
+                    self.metrics.config_applied();
                 }
                 self.tx.send_replace(Some(Arc::new(loaded)));
             }

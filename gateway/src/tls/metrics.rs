@@ -17,6 +17,9 @@ use crate::tls::certkey::CertInfo;
 
 /// `certificate_expiry_timestamp_seconds{name}` (gauge).
 pub const CERT_EXPIRY: &str = "certificate_expiry_timestamp_seconds";
+/// `certificate_renewal_timestamp_seconds{name}` (gauge): when the renewer
+/// means to renew it (ACME only).
+pub const CERT_RENEWAL: &str = "certificate_renewal_timestamp_seconds";
 /// `acme_orders_total{outcome}` (counter; the registry adds `_total`).
 pub const ACME_ORDERS: &str = "acme_orders";
 /// `acme_last_success_timestamp_seconds` (gauge).
@@ -45,6 +48,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 #[derive(Clone, Debug, Default)]
 pub struct TlsMetrics {
     expiry: Family<NameLabel, FloatGauge>,
+    renewal: Family<NameLabel, FloatGauge>,
     orders: Family<OutcomeLabel, Counter>,
     last_success: FloatGauge,
     handshake_errors: Family<ReasonLabel, Counter>,
@@ -59,6 +63,11 @@ impl TlsMetrics {
         let m = Self::default();
         registry.register(CERT_EXPIRY, "Unix time at which the served certificate expires, by certificate name", m.expiry.clone());
         registry.register(
+            CERT_RENEWAL,
+            "Unix time at which the ACME renewer means to renew the served certificate (past it: renewal overdue), by certificate name",
+            m.renewal.clone(),
+        );
+        registry.register(
             ACME_ORDERS,
             "ACME certificate orders, by outcome (success, dns, rejected, network, store, locked, internal)",
             m.orders.clone(),
@@ -71,6 +80,12 @@ impl TlsMetrics {
     /// Records the certificate now served under `name` (its expiry).
     pub fn certificate(&self, name: &str, info: &CertInfo) {
         self.expiry.get_or_create(&NameLabel { name: name.to_string() }).set(info.not_after_unix());
+    }
+
+    /// Records when the certificate served under `name` is to be renewed.
+    pub fn renewal(&self, name: &str, at: SystemTime) {
+        let at = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        self.renewal.get_or_create(&NameLabel { name: name.to_string() }).set(at);
     }
 
     /// Counts an order that ended with `outcome` (`success` or an error class).

@@ -245,6 +245,9 @@ impl Renewer {
             self.refresh_ari(bundle, now).await;
         }
         let ari = self.ari.and_then(|(w, _)| w);
+        if let Some((_, info)) = &stored {
+            self.metrics.renewal(&self.acme.config().base, renew_at(info, ari, self.jitter));
+        }
         let requested = self.requests.requested.load(Ordering::SeqCst);
         self.seen = requested;
         let decision = match decide(now, stored.as_ref().map(|(_, i)| i), ari, self.jitter) {
@@ -328,6 +331,8 @@ impl Renewer {
         self.served = leaf;
         self.jitter = fastrand::f64();
         self.ari = None;
+        // Until the CA's renewal window is read (the next pass).
+        self.metrics.renewal(&self.acme.config().base, renew_at(info, None, self.jitter));
         true
     }
 

@@ -40,6 +40,9 @@ pub(crate) enum Object {
     IngressClass(IngressClass),
     /// A CRD (Prometheus Operator): no k8s-openapi type, checked field by field.
     ServiceMonitor(Value),
+    /// The same (required fields checked in `parse`); its rules are run
+    /// through promtool by tests/alerts.rs.
+    PrometheusRule,
 }
 
 /// A rendered object with its identity.
@@ -118,6 +121,12 @@ pub(crate) fn parse(doc: Value) -> Result<Obj> {
                 ensure!(doc.pointer(field).is_some(), "{what}: {field} is required");
             }
             Object::ServiceMonitor(doc)
+        }
+        ("monitoring.coreos.com/v1", "PrometheusRule") => {
+            for field in ["/spec/groups/0/name", "/spec/groups/0/rules/0/expr"] {
+                ensure!(doc.pointer(field).is_some(), "{what}: {field} is required");
+            }
+            Object::PrometheusRule
         }
         _ => bail!("{what}: unknown kind {api}/{kind}; give it its k8s-openapi type in parse() or leave it out of deploy/"),
     };

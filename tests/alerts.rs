@@ -1,0 +1,221 @@
+//! deploy/base/prometheusrule.yaml, evaluated by Prometheus's own rule
+//! engine (`promtool`, Debian's prometheus package): the rules load, and each
+//! alert fires on the series wakegate exports when it should and stays quiet
+//! when it should not. That every metric the rules name is one the gateway
+//! and the scaler export is checked in tests/cluster.rs, against running ones.
+#![allow(clippy::unwrap_used)] // test code: a failed setup should panic loudly
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_yaml_ng::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The PrometheusRule's `spec` (its `groups`), as a plain Prometheus rule file;
+/// with `annotations: false` without them (promtool's unit tests compare
+/// annotations verbatim; `check rules` has checked their templates).
+fn rule_file(dir: &Path, annotations: bool) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("deploy/base/prometheusrule.yaml")).unwrap();
+    let rule: Value = serde_yaml_ng::from_str(&text).unwrap();
+    assert_eq!(rule["kind"], Value::from("PrometheusRule"));
+    let mut spec = rule["spec"].clone();
+    if !annotations {
+        for group in spec["groups"].as_sequence_mut().unwrap() {
+            for r in group["rules"].as_sequence_mut().unwrap() {
+                r.as_mapping_mut().unwrap().remove("annotations");
+            }
+        }
+    }
+    let path = dir.join(if annotations { "rules.yaml" } else { "rules-bare.yaml" });
+    std::fs::write(&path, serde_yaml_ng::to_string(&spec).unwrap()).unwrap();
+    path
+}
+
+fn promtool(args: &[&str], dir: &Path) -> String {
+    let out = Command::new("promtool").args(args).current_dir(dir).output().expect("promtool (scripts/install-deps test)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?}:\n{text}");
+    text
+}
+
+#[test]
+fn the_alert_rules_load_in_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = rule_file(dir.path(), true);
+    let out = promtool(&["check", "rules", rules.to_str().unwrap()], dir.path());
+    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+}
+
+/// Series as the ServiceMonitor labels them, one test case per alert:
+/// quiet before, firing after, and quiet for what must not fire.
+const CASES: &str = r#"
+rule_files: [rules-bare.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'up{namespace="wakegate", role="gateway", pod="gw-0"}'
+        values: '1 0x20'
+      - series: 'up{namespace="wakegate", role="gateway", pod="gw-1"}'
+        values: '1x20'
+      - series: 'up{namespace="monitoring", role="gateway", pod="other"}'
+        values: '0x20'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: WakegateTargetDown
+      - eval_time: 10m
+        alertname: WakegateTargetDown
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: wakegate, role: gateway, pod: gw-0}
+
+  - interval: 1m
+    input_series:
+      - series: 'wakegate_config_last_reload_successful{namespace="wakegate", pod="gw-0"}'
+        values: '1 1 0x20'
+      - series: 'wakegate_config_last_reload_successful{namespace="wakegate", pod="gw-1"}'
+        values: '1x22'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: WakegateConfigRefused
+      - eval_time: 10m
+        alertname: WakegateConfigRefused
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: wakegate, pod: gw-0}
+
+  - interval: 1m
+    input_series:
+      - series: 'wakegate_wakeups_total{namespace="wakegate", pod="gw-0", solution="nlp", outcome="timeout"}'
+        values: '0 0 0 1x60'
+      - series: 'wakegate_wakeups_total{namespace="wakegate", pod="gw-0", solution="nlp", outcome="ready"}'
+        values: '0+1x63'
+      - series: 'wakegate_wakeups_total{namespace="wakegate", pod="gw-0", solution="parts", outcome="ready"}'
+        values: '0+1x63'
+    alert_rule_test:
+      - eval_time: 2m
+        alertname: WakegateWakeUpsFailing
+      - eval_time: 10m
+        alertname: WakegateWakeUpsFailing
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: wakegate, solution: nlp}
+      - eval_time: 50m
+        alertname: WakegateWakeUpsFailing
+
+  - interval: 1m
+    input_series:
+      - series: 'wakegate_rejected_requests_total{namespace="wakegate", pod="gw-1", solution="nlp", reason="hold_full"}'
+        values: '0 0 5x60'
+      - series: 'wakegate_rejected_requests_total{namespace="wakegate", pod="gw-1", solution="nlp", reason="rate_limited"}'
+        values: '0+10x62'
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: WakegateHeldRequestsRefused
+      - eval_time: 5m
+        alertname: WakegateHeldRequestsRefused
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: wakegate, solution: nlp, reason: hold_full}
+      - eval_time: 45m
+        alertname: WakegateHeldRequestsRefused
+
+  # Every round skipped (scaler-0), then rounds done again; a leader that
+  # changes to scaler-1 counts for the installation.
+  - interval: 1m
+    input_series:
+      - series: 'wakegate_reaper_rounds_total{namespace="wakegate", pod="scaler-0", outcome="skipped"}'
+        values: '0+2x60 120x60'
+      - series: 'wakegate_reaper_rounds_total{namespace="wakegate", pod="scaler-0", outcome="done"}'
+        values: '5x60 5+2x60'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: WakegateIdleScaleDownStalled
+      - eval_time: 20m
+        alertname: WakegateIdleScaleDownStalled
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: wakegate}
+      - eval_time: 70m
+        alertname: WakegateIdleScaleDownStalled
+
+  - interval: 1m
+    input_series:
+      - series: 'wakegate_scaler_leader{namespace="wakegate", pod="scaler-0"}'
+        values: '1 0x30'
+      - series: 'wakegate_scaler_leader{namespace="wakegate", pod="scaler-1"}'
+        values: '0x20 1x10'
+    alert_rule_test:
+      - eval_time: 8m
+        alertname: WakegateNoScalerLeader
+      - eval_time: 15m
+        alertname: WakegateNoScalerLeader
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: wakegate}
+      - eval_time: 25m
+        alertname: WakegateNoScalerLeader
+
+  # ACME: renewal planned at 600 s, expiry at 15,000 s (a 4 h margin). Overdue
+  # after a quarter of it (t > 4,200 s); critical after half (t > 7,800 s).
+  # Two replicas plan slightly different moments: the earliest counts.
+  - interval: 1m
+    input_series:
+      - series: 'wakegate_certificate_renewal_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
+        values: '600x200'
+      - series: 'wakegate_certificate_renewal_timestamp_seconds{namespace="wakegate", pod="gw-1", name="aim.example.com"}'
+        values: '900x200'
+      - series: 'wakegate_certificate_expiry_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
+        values: '15000x200'
+      - series: 'wakegate_certificate_expiry_timestamp_seconds{namespace="wakegate", pod="gw-1", name="aim.example.com"}'
+        values: '15000x200'
+    alert_rule_test:
+      - eval_time: 65m
+        alertname: WakegateCertificateRenewalOverdue
+      - eval_time: 75m
+        alertname: WakegateCertificateRenewalOverdue
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: wakegate, name: aim.example.com}
+      - eval_time: 125m
+        alertname: WakegateCertificateExpiresSoon
+      - eval_time: 135m
+        alertname: WakegateCertificateExpiresSoon
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: wakegate, name: aim.example.com}
+      # Renewed by wakegate: not the alert for certificates it does not renew.
+      - eval_time: 135m
+        alertname: WakegateUnrenewedCertificateExpiresSoon
+"#;
+
+/// The same over weeks, evaluated hourly (every minute would take promtool half a minute).
+const LONG_CASES: &str = r#"
+rule_files: [rules-bare.yaml]
+evaluation_interval: 1h
+tests:
+  # A certificate wakegate does not renew (tls-source files): 7 days before
+  # its expiry; after a renewal (the files replaced) the alert ends.
+  - interval: 1h
+    input_series:
+      - series: 'wakegate_certificate_expiry_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
+        values: '2592000x600 9000000x100'
+    alert_rule_test:
+      - eval_time: 550h
+        alertname: WakegateUnrenewedCertificateExpiresSoon
+      - eval_time: 560h
+        alertname: WakegateUnrenewedCertificateExpiresSoon
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: wakegate, name: aim.example.com}
+      - eval_time: 560h
+        alertname: WakegateCertificateRenewalOverdue
+      - eval_time: 560h
+        alertname: WakegateCertificateExpiresSoon
+      - eval_time: 610h
+        alertname: WakegateUnrenewedCertificateExpiresSoon
+"#;
+
+#[test]
+fn each_alert_fires_when_it_should_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    rule_file(dir.path(), false);
+    std::fs::write(dir.path().join("cases.yaml"), CASES).unwrap();
+    std::fs::write(dir.path().join("long-cases.yaml"), LONG_CASES).unwrap();
+    let out = promtool(&["test", "rules", "cases.yaml", "long-cases.yaml"], dir.path());
+    assert_eq!(out.matches("SUCCESS").count(), 2, "{out}");
+}
