@@ -46,11 +46,12 @@ fn the_alert_rules_load_in_prometheus() {
     let dir = tempfile::tempdir().unwrap();
     let rules = rule_file(dir.path(), true);
     let out = promtool(&["check", "rules", rules.to_str().unwrap()], dir.path());
-    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 11 rules found"), "{out}");
 }
 
-/// Series as the ServiceMonitor labels them, one test case per alert:
-/// quiet before, firing after, and quiet for what must not fire.
+/// Series as the gateway and scaler export them, labelled as the
+/// ServiceMonitor labels them; for every alert: quiet before, firing after,
+/// and quiet for what must not fire.
 const CASES: &str = r#"
 rule_files: [rules-bare.yaml]
 evaluation_interval: 1m
@@ -61,6 +62,8 @@ tests:
         values: '1 0x20'
       - series: 'up{namespace="wakegate", role="gateway", pod="gw-1"}'
         values: '1x20'
+      - series: 'up{namespace="wakegate", role="scaler", pod="scaler-0"}'
+        values: '1x20'
       - series: 'up{namespace="monitoring", role="gateway", pod="other"}'
         values: '0x20'
     alert_rule_test:
@@ -70,6 +73,28 @@ tests:
         alertname: WakegateTargetDown
         exp_alerts:
           - exp_labels: {severity: warning, namespace: wakegate, role: gateway, pod: gw-0}
+      # One gateway is still up.
+      - eval_time: 10m
+        alertname: WakegateGatewayAbsent
+
+  # Every gateway down, no scaler scraped at all.
+  - interval: 1m
+    input_series:
+      - series: 'up{namespace="wakegate", role="gateway", pod="gw-0"}'
+        values: '1x5 0x20'
+    alert_rule_test:
+      - eval_time: 8m
+        alertname: WakegateGatewayAbsent
+      - eval_time: 15m
+        alertname: WakegateGatewayAbsent
+        exp_alerts:
+          - exp_labels: {severity: critical}
+      - eval_time: 8m
+        alertname: WakegateScalerAbsent
+      - eval_time: 15m
+        alertname: WakegateScalerAbsent
+        exp_alerts:
+          - exp_labels: {severity: warning}
 
   - interval: 1m
     input_series:
@@ -85,6 +110,7 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning, namespace: wakegate, pod: gw-0}
 
+  # The gateway makes these series at 0 with the solution (gateway/src/metrics.rs).
   - interval: 1m
     input_series:
       - series: 'wakegate_wakeups_total{namespace="wakegate", pod="gw-0", solution="nlp", outcome="timeout"}'
@@ -93,6 +119,8 @@ tests:
         values: '0+1x63'
       - series: 'wakegate_wakeups_total{namespace="wakegate", pod="gw-0", solution="parts", outcome="ready"}'
         values: '0+1x63'
+      - series: 'wakegate_wakeups_total{namespace="wakegate", pod="gw-0", solution="parts", outcome="failed"}'
+        values: '0x63'
     alert_rule_test:
       - eval_time: 2m
         alertname: WakegateWakeUpsFailing
@@ -107,6 +135,8 @@ tests:
     input_series:
       - series: 'wakegate_rejected_requests_total{namespace="wakegate", pod="gw-1", solution="nlp", reason="hold_full"}'
         values: '0 0 5x60'
+      - series: 'wakegate_rejected_requests_total{namespace="wakegate", pod="gw-1", solution="nlp", reason="hold_timeout"}'
+        values: '0x62'
       - series: 'wakegate_rejected_requests_total{namespace="wakegate", pod="gw-1", solution="nlp", reason="rate_limited"}'
         values: '0+10x62'
     alert_rule_test:
@@ -119,14 +149,18 @@ tests:
       - eval_time: 45m
         alertname: WakegateHeldRequestsRefused
 
-  # Every round skipped (scaler-0), then rounds done again; a leader that
-  # changes to scaler-1 counts for the installation.
+  # scaler-0 leads and skips every round; from 60m scaler-1 leads and
+  # completes them (the scaler makes both series at 0).
   - interval: 1m
     input_series:
       - series: 'wakegate_reaper_rounds_total{namespace="wakegate", pod="scaler-0", outcome="skipped"}'
         values: '0+2x60 120x60'
       - series: 'wakegate_reaper_rounds_total{namespace="wakegate", pod="scaler-0", outcome="done"}'
-        values: '5x60 5+2x60'
+        values: '0x120'
+      - series: 'wakegate_reaper_rounds_total{namespace="wakegate", pod="scaler-1", outcome="skipped"}'
+        values: '0x120'
+      - series: 'wakegate_reaper_rounds_total{namespace="wakegate", pod="scaler-1", outcome="done"}'
+        values: '0x60 0+2x60'
     alert_rule_test:
       - eval_time: 10m
         alertname: WakegateIdleScaleDownStalled
@@ -153,35 +187,83 @@ tests:
       - eval_time: 25m
         alertname: WakegateNoScalerLeader
 
-  # ACME: renewal planned at 600 s, expiry at 15,000 s (a 4 h margin). Overdue
-  # after a quarter of it (t > 4,200 s); critical after half (t > 7,800 s).
-  # Two replicas plan slightly different moments: the earliest counts.
+  # Orders fail from 2m (the series appears at its first failure), the
+  # success series (made at 0) stays flat; in the second namespace an order
+  # succeeds at 20m after failing.
+  - interval: 1m
+    input_series:
+      - series: 'wakegate_acme_orders_total{namespace="wakegate", pod="gw-0", outcome="dns"}'
+        values: '_ _ 1+1x10 11x500'
+      - series: 'wakegate_acme_orders_total{namespace="wakegate", pod="gw-0", outcome="success"}'
+        values: '0x512'
+      - series: 'wakegate_acme_orders_total{namespace="staging", pod="gw-0", outcome="network"}'
+        values: '_ _ 1+1x10 11x500'
+      - series: 'wakegate_acme_orders_total{namespace="staging", pod="gw-0", outcome="success"}'
+        values: '0x19 1x493'
+    alert_rule_test:
+      - eval_time: 30m
+        alertname: WakegateAcmeOrdersFailing
+      - eval_time: 70m
+        alertname: WakegateAcmeOrdersFailing
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: wakegate}
+      - eval_time: 500m
+        alertname: WakegateAcmeOrdersFailing
+
+  # ACME, lifetime 43,200 s (12 h): valid from -28,200 s, renewal planned at
+  # 600 s (two thirds in), expiry at 15,000 s. Overdue after a quarter of the
+  # 4 h margin (t > 4,200 s) for 1 h; critical with a sixth of the lifetime
+  # left (t > 7,800 s) for 1 h. Replica gw-1 still serves an older
+  # certificate (expiry 9,000 s): critical for it alone first.
   - interval: 1m
     input_series:
       - series: 'wakegate_certificate_renewal_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
-        values: '600x200'
-      - series: 'wakegate_certificate_renewal_timestamp_seconds{namespace="wakegate", pod="gw-1", name="aim.example.com"}'
-        values: '900x200'
+        values: '600x300'
       - series: 'wakegate_certificate_expiry_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
-        values: '15000x200'
+        values: '15000x300'
+      - series: 'wakegate_certificate_not_before_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
+        values: '-28200x300'
       - series: 'wakegate_certificate_expiry_timestamp_seconds{namespace="wakegate", pod="gw-1", name="aim.example.com"}'
-        values: '15000x200'
+        values: '9000x300'
+      - series: 'wakegate_certificate_not_before_timestamp_seconds{namespace="wakegate", pod="gw-1", name="aim.example.com"}'
+        values: '-34200x300'
     alert_rule_test:
-      - eval_time: 65m
+      - eval_time: 125m
         alertname: WakegateCertificateRenewalOverdue
-      - eval_time: 75m
+      - eval_time: 135m
         alertname: WakegateCertificateRenewalOverdue
         exp_alerts:
           - exp_labels: {severity: warning, namespace: wakegate, name: aim.example.com}
-      - eval_time: 125m
+      - eval_time: 85m
         alertname: WakegateCertificateExpiresSoon
-      - eval_time: 135m
+      - eval_time: 95m
         alertname: WakegateCertificateExpiresSoon
         exp_alerts:
-          - exp_labels: {severity: critical, namespace: wakegate, name: aim.example.com}
-      # Renewed by wakegate: not the alert for certificates it does not renew.
-      - eval_time: 135m
-        alertname: WakegateUnrenewedCertificateExpiresSoon
+          - exp_labels: {severity: critical, namespace: wakegate, name: aim.example.com, pod: gw-1}
+      - eval_time: 195m
+        alertname: WakegateCertificateExpiresSoon
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: wakegate, name: aim.example.com, pod: gw-0}
+          - exp_labels: {severity: critical, namespace: wakegate, name: aim.example.com, pod: gw-1}
+
+  # The same, renewed at last at 150m: the next plan is far ahead, both end.
+  - interval: 1m
+    input_series:
+      - series: 'wakegate_certificate_renewal_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
+        values: '600x150 50000x100'
+      - series: 'wakegate_certificate_expiry_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
+        values: '15000x150 80000x100'
+      - series: 'wakegate_certificate_not_before_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
+        values: '-28200x150 6000x100'
+    alert_rule_test:
+      - eval_time: 140m
+        alertname: WakegateCertificateRenewalOverdue
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: wakegate, name: aim.example.com}
+      - eval_time: 200m
+        alertname: WakegateCertificateRenewalOverdue
+      - eval_time: 200m
+        alertname: WakegateCertificateExpiresSoon
 "#;
 
 /// The same over weeks, evaluated hourly (every minute would take promtool half a minute).
@@ -189,25 +271,43 @@ const LONG_CASES: &str = r#"
 rule_files: [rules-bare.yaml]
 evaluation_interval: 1h
 tests:
-  # A certificate wakegate does not renew (tls-source files): 7 days before
-  # its expiry; after a renewal (the files replaced) the alert ends.
+  # tls-source files, a 30-day certificate: critical with 5 days left (and
+  # for 1 h); the files replaced at 650 h end it.
   - interval: 1h
     input_series:
       - series: 'wakegate_certificate_expiry_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
-        values: '2592000x600 9000000x100'
+        values: '2592000x649 9000000x100'
+      - series: 'wakegate_certificate_not_before_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
+        values: '0x649 2340000x100'
     alert_rule_test:
-      - eval_time: 550h
-        alertname: WakegateUnrenewedCertificateExpiresSoon
-      - eval_time: 560h
-        alertname: WakegateUnrenewedCertificateExpiresSoon
-        exp_alerts:
-          - exp_labels: {severity: critical, namespace: wakegate, name: aim.example.com}
-      - eval_time: 560h
-        alertname: WakegateCertificateRenewalOverdue
-      - eval_time: 560h
+      - eval_time: 600h
         alertname: WakegateCertificateExpiresSoon
-      - eval_time: 610h
-        alertname: WakegateUnrenewedCertificateExpiresSoon
+      - eval_time: 603h
+        alertname: WakegateCertificateExpiresSoon
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: wakegate, name: aim.example.com, pod: gw-0}
+      - eval_time: 660h
+        alertname: WakegateCertificateExpiresSoon
+      - eval_time: 603h
+        alertname: WakegateCertificateRenewalOverdue
+
+  # A 6-day certificate: quiet for its first five days (a fixed 7-day
+  # threshold would fire from its first hour).
+  - interval: 1h
+    input_series:
+      - series: 'wakegate_certificate_expiry_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
+        values: '518400x200'
+      - series: 'wakegate_certificate_not_before_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
+        values: '0x200'
+    alert_rule_test:
+      - eval_time: 2h
+        alertname: WakegateCertificateExpiresSoon
+      - eval_time: 119h
+        alertname: WakegateCertificateExpiresSoon
+      - eval_time: 122h
+        alertname: WakegateCertificateExpiresSoon
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: wakegate, name: aim.example.com, pod: gw-0}
 "#;
 
 #[test]

@@ -170,6 +170,11 @@ async fn metrics_count_what_happened() {
     assert_eq!(v("wakegate_in_flight_requests{solution=\"app\"}"), Some(0.0));
     assert_eq!(v("wakegate_held_requests{solution=\"app\"}"), Some(0.0));
     assert_eq!(v("wakegate_rejected_requests_total{solution=\"\",reason=\"unknown_host\"}"), Some(1.0));
+    // What the alerts count with increase() is there at 0 before it first happens.
+    assert_eq!(v("wakegate_wakeups_total{solution=\"app\",outcome=\"timeout\"}"), Some(0.0));
+    assert_eq!(v("wakegate_wakeups_total{solution=\"app\",outcome=\"failed\"}"), Some(0.0));
+    assert_eq!(v("wakegate_rejected_requests_total{solution=\"app\",reason=\"hold_full\"}"), Some(0.0));
+    assert_eq!(v("wakegate_rejected_requests_total{solution=\"app\",reason=\"hold_timeout\"}"), Some(0.0));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let last = v("wakegate_last_request_timestamp_seconds{solution=\"app\"}").unwrap();
     assert!((now - last).abs() < 10.0, "last request {last} vs now {now}");

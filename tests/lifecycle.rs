@@ -336,7 +336,7 @@ async fn a_sigterm_from_an_ancestor_pid_namespace_stops_the_solution() {
     assert!(eventually(Duration::from_secs(5), || async { wg.log().contains("SIGTERM from pid 0") }).await, "{}", wg.log());
     assert!(eventually(Duration::from_secs(5), || async { wg.phase("app").await == "cold" }).await, "{}", wg.log());
     assert_eq!(wg.get("app", "/hello").await.status, 200, "woken again; log:\n{}", wg.log());
-    // unshare ignores SIGTERM while it waits: stop wakegate itself, and unshare follows.
+    // unshare blocks SIGTERM while it waits: stop wakegate itself, and unshare follows.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(gateway), nix::sys::signal::Signal::SIGTERM).unwrap();
     let unshare = wg.pid() as i32;
     assert!(eventually(Duration::from_secs(10), || async { !alive(unshare) }).await, "{}", wg.log());

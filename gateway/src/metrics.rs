@@ -163,6 +163,15 @@ impl Metrics {
     /// Handles for one solution.
     pub fn solution(&self, name: &str) -> SolutionMetrics {
         let label = SolutionLabel { solution: name.to_string() };
+        // Created at 0 with the solution: the alerts count these with
+        // `increase()`, which does not see a counter's first appearance at 1.
+        for outcome in WAKE_OUTCOMES {
+            let _ = self.wakeups.get_or_create(&OutcomeLabels { solution: name.to_string(), outcome: outcome.as_str() });
+        }
+        let reject_cache = DashMap::default();
+        for reason in ALERTED_REJECTIONS {
+            reject_cache.insert(reason, self.rejected.get_or_create(&ReasonLabels { solution: name.to_string(), reason }).clone());
+        }
         SolutionMetrics {
             duration: self.duration.get_or_create(&label).clone(),
             last_request: self.last_request.get_or_create(&label).clone(),
@@ -173,7 +182,7 @@ impl Metrics {
             requests: self.requests.clone(),
             rejected: self.rejected.clone(),
             request_cache: DashMap::default(),
-            reject_cache: DashMap::default(),
+            reject_cache,
             label,
         }
     }
@@ -188,6 +197,12 @@ impl Metrics {
         for key in m.request_cache.iter() {
             let (method, code) = *key.key();
             self.requests.remove(&RequestLabels { solution: m.label.solution.clone(), method, code });
+        }
+        for key in m.reject_cache.iter() {
+            self.rejected.remove(&ReasonLabels { solution: m.label.solution.clone(), reason: key.key() });
+        }
+        for outcome in WAKE_OUTCOMES {
+            self.wakeups.remove(&OutcomeLabels { solution: m.label.solution.clone(), outcome: outcome.as_str() });
         }
     }
 
@@ -222,6 +237,11 @@ impl Metrics {
         out
     }
 }
+
+/// Every wake-up outcome, each series made with its solution.
+const WAKE_OUTCOMES: [WakeOutcome; 3] = [WakeOutcome::Ready, WakeOutcome::Failed, WakeOutcome::Timeout];
+/// Refusals deploy/base/prometheusrule.yaml alerts on, made with their solution.
+const ALERTED_REJECTIONS: [&str; 2] = ["hold_timeout", "hold_full"];
 
 impl Observer for Metrics {
     fn woke(&self, solution: &str, outcome: WakeOutcome, took: Duration) {

@@ -164,6 +164,16 @@ async fn rfc2136_wildcard_certificate_is_served_renewed_and_the_account_reused()
         matches!((expiry, renewal), (Some(e), Some(r)) if now < r && r < e),
         "renewal planned between now ({now}) and expiry: {renewal:?}, {expiry:?}\n{text}"
     );
+    // The renewer stops (the ACME Lease went to another replica): its plan
+    // goes with it, or the alerts would read a stale one.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(renewer.run(stopped));
+    stop.send(true)?;
+    tokio::time::timeout(Duration::from_secs(30), running).await??;
+    let mut after = String::new();
+    prometheus_client::encoding::text::encode(&mut after, &registry)?;
+    assert!(!after.contains("wakegate_certificate_renewal_timestamp_seconds{"), "{after}");
+    assert!(after.contains("wakegate_certificate_expiry_timestamp_seconds{name=\"aim.test\"}"), "{after}");
 
     // Stored for restarts, the key private.
     use std::os::unix::fs::PermissionsExt;

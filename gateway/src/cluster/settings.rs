@@ -144,6 +144,8 @@ impl Watch {
             }
         } else {
             tracing::warn!(configmap = %self.name, "deleted: the last good configuration keeps serving");
+            // Nothing refused any more (an edit refused before is gone with it).
+            self.metrics.config_applied();
         }
     }
 

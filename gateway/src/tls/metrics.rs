@@ -17,6 +17,8 @@ use crate::tls::certkey::CertInfo;
 
 /// `certificate_expiry_timestamp_seconds{name}` (gauge).
 pub const CERT_EXPIRY: &str = "certificate_expiry_timestamp_seconds";
+/// `certificate_not_before_timestamp_seconds{name}` (gauge).
+pub const CERT_NOT_BEFORE: &str = "certificate_not_before_timestamp_seconds";
 /// `certificate_renewal_timestamp_seconds{name}` (gauge): when the renewer
 /// means to renew it (ACME only).
 pub const CERT_RENEWAL: &str = "certificate_renewal_timestamp_seconds";
@@ -48,6 +50,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 #[derive(Clone, Debug, Default)]
 pub struct TlsMetrics {
     expiry: Family<NameLabel, FloatGauge>,
+    not_before: Family<NameLabel, FloatGauge>,
     renewal: Family<NameLabel, FloatGauge>,
     orders: Family<OutcomeLabel, Counter>,
     last_success: FloatGauge,
@@ -63,6 +66,11 @@ impl TlsMetrics {
         let m = Self::default();
         registry.register(CERT_EXPIRY, "Unix time at which the served certificate expires, by certificate name", m.expiry.clone());
         registry.register(
+            CERT_NOT_BEFORE,
+            "Unix time from which the served certificate is valid, by certificate name",
+            m.not_before.clone(),
+        );
+        registry.register(
             CERT_RENEWAL,
             "Unix time at which the ACME renewer means to renew the served certificate (past it: renewal overdue), by certificate name",
             m.renewal.clone(),
@@ -74,18 +82,28 @@ impl TlsMetrics {
         );
         registry.register(ACME_LAST_SUCCESS, "Unix time of the last ACME order that yielded a certificate", m.last_success.clone());
         registry.register(HANDSHAKE_ERRORS, "Failed TLS handshakes, by reason", m.handshake_errors.clone());
+        // At 0 from the start: an alert's `increase()` then sees the first success.
+        let _ = m.orders.get_or_create(&OutcomeLabel { outcome: "success" });
         m
     }
 
-    /// Records the certificate now served under `name` (its expiry).
+    /// Records the certificate now served under `name` (its validity).
     pub fn certificate(&self, name: &str, info: &CertInfo) {
-        self.expiry.get_or_create(&NameLabel { name: name.to_string() }).set(info.not_after_unix());
+        let label = NameLabel { name: name.to_string() };
+        self.expiry.get_or_create(&label).set(info.not_after_unix());
+        let since = info.not_before.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        self.not_before.get_or_create(&label).set(since);
     }
 
     /// Records when the certificate served under `name` is to be renewed.
     pub fn renewal(&self, name: &str, at: SystemTime) {
         let at = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         self.renewal.get_or_create(&NameLabel { name: name.to_string() }).set(at);
+    }
+
+    /// Drops the renewal plan for `name` (the renewer stopped).
+    pub fn forget_renewal(&self, name: &str) {
+        self.renewal.remove(&NameLabel { name: name.to_string() });
     }
 
     /// Counts an order that ended with `outcome` (`success` or an error class).

@@ -230,7 +230,12 @@ impl Renewer {
                             break;
                         }
                     }
-                    _ = stopped(&mut shutdown) => return,
+                    _ = stopped(&mut shutdown) => {
+                        // Another replica renews from now on (or none, at
+                        // shutdown): no plan of this one's may linger.
+                        self.metrics.forget_renewal(&self.acme.config().base);
+                        return;
+                    }
                 }
             }
         }

@@ -66,6 +66,10 @@ impl ScalerMetrics {
             m.scrape_failures.clone(),
         );
         registry.register("reaper_rounds", "Idle checks, by outcome (done, skipped)", m.rounds.clone());
+        // At 0 from the start: an alert's `increase()` then sees the first round of each.
+        for outcome in ["done", "skipped"] {
+            let _ = m.rounds.get_or_create(&OutcomeLabels { outcome });
+        }
         registry.register("scaler_leader", "1 while this replica holds the scaler Lease", m.leader.clone());
         Self { registry, ..m }
     }

@@ -12,9 +12,11 @@
 //! and exits as it did, so wakegate sees the command's own exit status.
 //! A SIGTERM from anyone else (an operator's `kill` of the guard's pid) is
 //! passed on to the group once, as wakegate's stop would send it: the
-//! command stops, and the guard exits as it did. Not passed on: one from a
-//! member of the group itself (`trap 'kill 0' EXIT`), and one whose sender
-//! this process cannot see (pid 0: another pid namespace). A SIGTERM sent to
+//! command stops, and the guard exits as it did; that includes a `kill` from
+//! an ancestor pid namespace (the host, into wakegate's container), which
+//! arrives without a sender pid. Not passed on: one from a member of the
+//! group itself (`trap 'kill 0' EXIT`), and the kernel's own (`SI_KERNEL`,
+//! e.g. SysRq). A SIGTERM sent to
 //! the whole group from outside (`kill -- -PGID`, a service manager stopping
 //! the cgroup) reaches the command directly and is passed on as well: the
 //! command then gets it twice, so signal the guard's pid or the group, not
@@ -150,7 +152,8 @@ pub fn run(parent: u32, argv: &[OsString]) -> ExitCode {
 /// with the kernel's code (`SI_KERNEL`) it is no one's stop.
 fn from_outside(sender: u32, code: i32, parent: u32) -> bool {
     if sender == 0 {
-        return code == nix::libc::SI_USER;
+        // kill, sigqueue, tgkill: the codes of a sender's own call.
+        return [nix::libc::SI_USER, nix::libc::SI_QUEUE, nix::libc::SI_TKILL].contains(&code);
     }
     if [parent, std::process::id()].contains(&sender) {
         return false;
