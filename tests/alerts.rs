@@ -73,28 +73,33 @@ tests:
         alertname: WakegateTargetDown
         exp_alerts:
           - exp_labels: {severity: warning, namespace: wakegate, role: gateway, pod: gw-0}
-      # One gateway is still up.
+      # One gateway and the scaler are up.
       - eval_time: 10m
         alertname: WakegateGatewayAbsent
+      - eval_time: 15m
+        alertname: WakegateScalerAbsent
 
-  # Every gateway down, no scaler scraped at all.
+  # Every gateway of this installation down (another namespace's is up), no
+  # scaler scraped at all.
   - interval: 1m
     input_series:
       - series: 'up{namespace="wakegate", role="gateway", pod="gw-0"}'
         values: '1x5 0x20'
+      - series: 'up{namespace="monitoring", role="gateway", pod="other"}'
+        values: '1x25'
     alert_rule_test:
       - eval_time: 8m
         alertname: WakegateGatewayAbsent
       - eval_time: 15m
         alertname: WakegateGatewayAbsent
         exp_alerts:
-          - exp_labels: {severity: critical}
+          - exp_labels: {severity: critical, namespace: wakegate}
       - eval_time: 8m
         alertname: WakegateScalerAbsent
       - eval_time: 15m
         alertname: WakegateScalerAbsent
         exp_alerts:
-          - exp_labels: {severity: warning}
+          - exp_labels: {severity: warning, namespace: wakegate}
 
   - interval: 1m
     input_series:
@@ -187,19 +192,31 @@ tests:
       - eval_time: 25m
         alertname: WakegateNoScalerLeader
 
-  # Orders fail from 2m (the series appears at its first failure), the
-  # success series (made at 0) stays flat; in the second namespace an order
-  # succeeds at 20m after failing.
+  # The renewer makes every outcome at 0. Namespace wakegate: orders fail
+  # from 2m, none succeeds, no certificate yet. staging: an order succeeds at
+  # 20m after failing. lab: only "locked" (another replica orders). prod: a
+  # certificate is current (renewal planned ahead) and one order failed on a
+  # passing hiccup.
   - interval: 1m
     input_series:
       - series: 'wakegate_acme_orders_total{namespace="wakegate", pod="gw-0", outcome="dns"}'
-        values: '_ _ 1+1x10 11x500'
+        values: '0 0 1+1x10 11x500'
       - series: 'wakegate_acme_orders_total{namespace="wakegate", pod="gw-0", outcome="success"}'
         values: '0x512'
       - series: 'wakegate_acme_orders_total{namespace="staging", pod="gw-0", outcome="network"}'
-        values: '_ _ 1+1x10 11x500'
+        values: '0 0 1+1x10 11x500'
       - series: 'wakegate_acme_orders_total{namespace="staging", pod="gw-0", outcome="success"}'
         values: '0x19 1x493'
+      - series: 'wakegate_acme_orders_total{namespace="lab", pod="gw-0", outcome="locked"}'
+        values: '0+1x512'
+      - series: 'wakegate_acme_orders_total{namespace="lab", pod="gw-0", outcome="success"}'
+        values: '0x512'
+      - series: 'wakegate_acme_orders_total{namespace="prod", pod="gw-0", outcome="store"}'
+        values: '0 0 1x510'
+      - series: 'wakegate_acme_orders_total{namespace="prod", pod="gw-0", outcome="success"}'
+        values: '0x512'
+      - series: 'wakegate_certificate_renewal_timestamp_seconds{namespace="prod", pod="gw-0", name="aim.example.com"}'
+        values: '5000000x512'
     alert_rule_test:
       - eval_time: 30m
         alertname: WakegateAcmeOrdersFailing
@@ -271,6 +288,28 @@ const LONG_CASES: &str = r#"
 rule_files: [rules-bare.yaml]
 evaluation_interval: 1h
 tests:
+  # Orders failing at the longest backoff, 6 h apart: the 7 h window keeps
+  # the alert firing between them.
+  - interval: 1h
+    input_series:
+      - series: 'wakegate_acme_orders_total{namespace="wakegate", pod="gw-0", outcome="dns"}'
+        values: '0 1 1 2 2 2 2 2 2 3 3 3 3 3 3 4 4 4 4 4 4 5 5 5 5 5 5 6 6 6 6 6 6 7 7 7'
+      - series: 'wakegate_acme_orders_total{namespace="wakegate", pod="gw-0", outcome="success"}'
+        values: '0x35'
+    alert_rule_test:
+      - eval_time: 8h
+        alertname: WakegateAcmeOrdersFailing
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: wakegate}
+      - eval_time: 20h
+        alertname: WakegateAcmeOrdersFailing
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: wakegate}
+      - eval_time: 32h
+        alertname: WakegateAcmeOrdersFailing
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: wakegate}
+
   # tls-source files, a 30-day certificate: critical with 5 days left (and
   # for 1 h); the files replaced at 650 h end it.
   - interval: 1h
@@ -310,12 +349,37 @@ tests:
           - exp_labels: {severity: critical, namespace: wakegate, name: aim.example.com, pod: gw-0}
 "#;
 
+/// A year, evaluated daily.
+const YEAR_CASES: &str = r#"
+rule_files: [rules-bare.yaml]
+evaluation_interval: 1d
+tests:
+  # A 1-year certificate (tls-source files): critical 14 days before its
+  # expiry, not a sixth of a year (61 days) before.
+  - interval: 1d
+    input_series:
+      - series: 'wakegate_certificate_expiry_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
+        values: '31536000x370'
+      - series: 'wakegate_certificate_not_before_timestamp_seconds{namespace="wakegate", pod="gw-0", name="aim.example.com"}'
+        values: '0x370'
+    alert_rule_test:
+      - eval_time: 310d
+        alertname: WakegateCertificateExpiresSoon
+      - eval_time: 350d
+        alertname: WakegateCertificateExpiresSoon
+      - eval_time: 355d
+        alertname: WakegateCertificateExpiresSoon
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: wakegate, name: aim.example.com, pod: gw-0}
+"#;
+
 #[test]
 fn each_alert_fires_when_it_should_and_only_then() {
     let dir = tempfile::tempdir().unwrap();
     rule_file(dir.path(), false);
     std::fs::write(dir.path().join("cases.yaml"), CASES).unwrap();
     std::fs::write(dir.path().join("long-cases.yaml"), LONG_CASES).unwrap();
-    let out = promtool(&["test", "rules", "cases.yaml", "long-cases.yaml"], dir.path());
-    assert_eq!(out.matches("SUCCESS").count(), 2, "{out}");
+    std::fs::write(dir.path().join("year-cases.yaml"), YEAR_CASES).unwrap();
+    let out = promtool(&["test", "rules", "cases.yaml", "long-cases.yaml", "year-cases.yaml"], dir.path());
+    assert_eq!(out.matches("SUCCESS").count(), 3, "{out}");
 }

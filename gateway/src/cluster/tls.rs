@@ -216,7 +216,10 @@ impl Leader {
     /// Campaigns and renews until `shutdown`, then releases the Lease.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let every = self.lock.duration() / 3;
-        let mut renewer: Option<watch::Sender<bool>> = None;
+        let mut renewer: Option<Running> = None;
+        // The last renewer told to stop: the next one waits for it to end
+        // (it may be in the middle of an order), so two never overlap.
+        let mut stopping: Option<JoinHandle<()>> = None;
         let mut held_until: Option<Instant> = None;
         loop {
             match self.lock.try_acquire().await {
@@ -228,23 +231,23 @@ impl Leader {
                             holder = self.lock.identity(),
                             "leading: this replica runs ACME"
                         );
-                        renewer = Some(self.start_renewer());
+                        renewer = Some(self.start_renewer(stopping.take()));
                     }
                 }
                 Ok(LockState::HeldBy(holder)) => {
                     held_until = None;
-                    if let Some(stop) = renewer.take() {
+                    if let Some(running) = renewer.take() {
                         tracing::warn!(lease = proto::cluster::ACME_LEASE, %holder, "lost the lease: no longer running ACME");
-                        let _ = stop.send(true);
+                        stopping = Some(running.stop());
                     }
                 }
                 Err(e) => {
                     tracing::warn!(lease = proto::cluster::ACME_LEASE, "cannot renew: {e}");
                     if held_until.is_some_and(|t| Instant::now() + every >= t)
-                        && let Some(stop) = renewer.take()
+                        && let Some(running) = renewer.take()
                     {
                         tracing::warn!(lease = proto::cluster::ACME_LEASE, "the lease runs out: no longer running ACME");
-                        let _ = stop.send(true);
+                        stopping = Some(running.stop());
                         held_until = None;
                     }
                 }
@@ -254,8 +257,8 @@ impl Leader {
                 _ = crate::server::stopped(&mut shutdown) => break,
             }
         }
-        if let Some(stop) = renewer.take() {
-            let _ = stop.send(true);
+        if let Some(running) = renewer.take() {
+            running.stop();
         }
         if held_until.is_some()
             && let Err(e) = self.lock.release().await
@@ -264,13 +267,36 @@ impl Leader {
         }
     }
 
-    fn start_renewer(&self) -> watch::Sender<bool> {
+    /// Starts a renewer once `previous` (told to stop) has ended.
+    fn start_renewer(&self, previous: Option<JoinHandle<()>>) -> Running {
         let (stop, stopped) = watch::channel(false);
         let renewer = Renewer::new(self.acme.clone(), self.resolver.clone(), self.metrics.clone());
         // `POST /tls/renew` on this replica's admin listener reaches it.
         crate::tls::renew::register(renewer.handle());
-        tokio::spawn(renewer.run(stopped));
-        stop
+        let task = tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            // Told to stop while it waited: it never ran, so it orders nothing.
+            if !*stopped.borrow() {
+                renewer.run(stopped).await;
+            }
+        });
+        Running { stop, task }
+    }
+}
+
+/// A renewer's task and the switch that stops it.
+struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Tells it to stop (it ends after the pass it is in); its task, to wait for.
+    fn stop(self) -> JoinHandle<()> {
+        let _ = self.stop.send(true);
+        self.task
     }
 }
 

@@ -138,12 +138,17 @@ pub struct Acme {
     account: Mutex<Option<Account>>,
 }
 
+/// Every outcome an order is counted under: `success` and each
+/// [`AcmeError::outcome`].
+pub const ORDER_OUTCOMES: [&str; 7] = ["success", "dns", "rejected", "network", "store", "locked", "internal"];
+
 // === impl AcmeError ===
 
 impl AcmeError {
     /// The `outcome` label of `acme_orders_total`: `dns`, `rejected`,
     /// `network`, `store`, `locked` or `internal`.
     pub fn outcome(&self) -> &'static str {
+        // Every value here is in ORDER_OUTCOMES.
         match self {
             Self::Dns(_) => "dns",
             Self::Rejected { .. } => "rejected",

@@ -82,8 +82,6 @@ impl TlsMetrics {
         );
         registry.register(ACME_LAST_SUCCESS, "Unix time of the last ACME order that yielded a certificate", m.last_success.clone());
         registry.register(HANDSHAKE_ERRORS, "Failed TLS handshakes, by reason", m.handshake_errors.clone());
-        // At 0 from the start: an alert's `increase()` then sees the first success.
-        let _ = m.orders.get_or_create(&OutcomeLabel { outcome: "success" });
         m
     }
 
@@ -99,6 +97,14 @@ impl TlsMetrics {
     pub fn renewal(&self, name: &str, at: SystemTime) {
         let at = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         self.renewal.get_or_create(&NameLabel { name: name.to_string() }).set(at);
+    }
+
+    /// Makes every order outcome's series at 0 (an ACME renewer starts): an
+    /// alert's `increase()` then sees the first of each.
+    pub fn orders_from_zero(&self) {
+        for outcome in crate::tls::acme::ORDER_OUTCOMES {
+            let _ = self.orders.get_or_create(&OutcomeLabel { outcome });
+        }
     }
 
     /// Drops the renewal plan for `name` (the renewer stopped).
@@ -163,6 +169,8 @@ mod tests {
         let m = TlsMetrics::register(&mut registry);
         let info = selfsigned::generate("aim.test")?.info()?;
         m.certificate("aim.test", &info);
+        m.orders_from_zero();
+        m.renewal("aim.test", UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000));
         m.order("dns");
         m.order_succeeded(UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000));
         m.handshake_error(&io::Error::new(io::ErrorKind::InvalidData, rustls::Error::NoApplicationProtocol));
@@ -177,6 +185,15 @@ mod tests {
         assert!(text.contains("wakegate_tls_handshake_errors_total{reason=\"alpn\"} 1"), "{text}");
         assert!(text.contains("wakegate_tls_handshake_errors_total{reason=\"eof\"} 1"), "{text}");
         assert_eq!(m.orders("dns"), 1);
+        // What the alerts read: the validity's start, the plan, the outcomes at 0.
+        let since = info.not_before.duration_since(UNIX_EPOCH)?.as_secs_f64();
+        assert!(text.contains(&format!("wakegate_certificate_not_before_timestamp_seconds{{name=\"aim.test\"}} {since}")), "{text}");
+        assert!(text.contains("wakegate_certificate_renewal_timestamp_seconds{name=\"aim.test\"} 1800000000"), "{text}");
+        assert!(text.contains("wakegate_acme_orders_total{outcome=\"network\"} 0"), "{text}");
+        m.forget_renewal("aim.test");
+        text.clear();
+        prometheus_client::encoding::text::encode(&mut text, &registry)?;
+        assert!(!text.contains("wakegate_certificate_renewal_timestamp_seconds{"), "{text}");
         Ok(())
     }
 }

@@ -195,6 +195,7 @@ impl RenewHandle {
 impl Renewer {
     /// A renewer serving through `resolver`, reporting to `metrics`.
     pub fn new(acme: Arc<Acme>, resolver: Arc<CertResolver>, metrics: TlsMetrics) -> Self {
+        metrics.orders_from_zero();
         Self {
             acme,
             resolver,
