@@ -499,25 +499,31 @@ fn loopback_cert(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std:
 const S3CRET_BCRYPT: &str = "$2b$04$KXzhiIs2TUoMhik07QjeueB5pkxO3UsJ5bbupIrBTDnulwa.87iPu";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_scaler_reads_a_prometheus_behind_https_and_basic_auth() {
+async fn the_scaler_reads_a_prometheus_behind_mutual_tls_and_basic_auth() {
     let files = tempfile::tempdir().unwrap();
     let (cert, key) = loopback_cert(files.path(), "prometheus");
     let (stranger, _) = loopback_cert(files.path(), "stranger");
+    // The scaler's client certificate: this Prometheus asks for one (mutual TLS).
+    let (client_cert, client_key) = loopback_cert(files.path(), "scaler");
     let (ca, password) = (files.path().join("ca.pem"), files.path().join("password"));
     std::fs::copy(&stranger, &ca).unwrap();
     std::fs::write(&password, "wrong\n").unwrap();
     let web = format!(
-        "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  wakegate: {S3CRET_BCRYPT}\n",
+        "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\nbasic_auth_users:\n  wakegate: {S3CRET_BCRYPT}\n",
         cert.display(),
-        key.display()
+        key.display(),
+        client_cert.display()
     );
     let prom = Prometheus::start_with(Some(&web));
     let url = format!("https://{}", prom.addr());
     let (ca_file, password_file) = (ca.display().to_string(), password.display().to_string());
+    let (cert_file, key_file) = (client_cert.display().to_string(), client_key.display().to_string());
     let settings = [
         ("activity-source", "prometheus"),
         ("prometheus-url", url.as_str()),
         ("prometheus-ca-file", ca_file.as_str()),
+        ("prometheus-cert-file", cert_file.as_str()),
+        ("prometheus-key-file", key_file.as_str()),
         ("prometheus-username", "wakegate"),
         ("prometheus-password-file", password_file.as_str()),
         ("idle-timeout", "3s"),

@@ -181,6 +181,18 @@ pub const KEYS: &[Key] = &[
         doc: "PEM file of the CAs that sign an https prometheus-url's certificate; empty = the system's; read at every reading",
     },
     Key {
+        name: "prometheus-cert-file",
+        scope: Scope::Global,
+        default: "",
+        doc: "PEM client certificate (chain) for an https prometheus-url that asks for one (mutual TLS); with prometheus-key-file; read at every reading",
+    },
+    Key {
+        name: "prometheus-key-file",
+        scope: Scope::Global,
+        default: "",
+        doc: "PEM private key of prometheus-cert-file; read at every reading",
+    },
+    Key {
         name: "prometheus-bearer-token-file",
         scope: Scope::Global,
         default: "",
@@ -427,6 +439,10 @@ pub struct Settings {
     pub prometheus_selector: String,
     /// CAs trusted for an https `prometheus_url`; `None`: the system's.
     pub prometheus_ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS, with `prometheus_key_file`.
+    pub prometheus_cert_file: Option<PathBuf>,
+    /// Its private key.
+    pub prometheus_key_file: Option<PathBuf>,
     /// Bearer token sent with every query (read at every reading).
     pub prometheus_bearer_token_file: Option<PathBuf>,
     /// Basic auth user, with `prometheus_password_file`.
@@ -472,6 +488,8 @@ impl Default for Settings {
             prometheus_url: None,
             prometheus_selector: String::new(),
             prometheus_ca_file: None,
+            prometheus_cert_file: None,
+            prometheus_key_file: None,
             prometheus_bearer_token_file: None,
             prometheus_username: None,
             prometheus_password_file: None,
@@ -538,6 +556,8 @@ impl Settings {
                 self.prometheus_selector = v.to_string();
             }
             "prometheus-ca-file" => self.prometheus_ca_file = parse_path(value)?,
+            "prometheus-cert-file" => self.prometheus_cert_file = parse_path(value)?,
+            "prometheus-key-file" => self.prometheus_key_file = parse_path(value)?,
             "prometheus-bearer-token-file" => self.prometheus_bearer_token_file = parse_path(value)?,
             "prometheus-password-file" => self.prometheus_password_file = parse_path(value)?,
             "prometheus-username" => {
@@ -586,8 +606,18 @@ impl Settings {
         } else if self.prometheus_password_file.is_some() && self.prometheus_username.is_none() {
             errors.push(("prometheus-username", "required with prometheus-password-file".into()));
         }
-        if self.prometheus_ca_file.is_some() && self.prometheus_url.as_ref().is_some_and(|u| !u.tls) {
-            errors.push(("prometheus-ca-file", "only used with an https prometheus-url".into()));
+        let http = self.prometheus_url.as_ref().is_some_and(|u| !u.tls);
+        for (key, set) in
+            [("prometheus-ca-file", self.prometheus_ca_file.is_some()), ("prometheus-cert-file", self.prometheus_cert_file.is_some())]
+        {
+            if set && http {
+                errors.push((key, "only used with an https prometheus-url".into()));
+            }
+        }
+        match (self.prometheus_cert_file.is_some(), self.prometheus_key_file.is_some()) {
+            (true, false) => errors.push(("prometheus-key-file", "required with prometheus-cert-file".into())),
+            (false, true) => errors.push(("prometheus-cert-file", "required with prometheus-key-file".into())),
+            _ => {}
         }
         errors
     }
@@ -881,6 +911,13 @@ mod tests {
         assert_eq!(refused(&[("prometheus-password-file", "/p")])[0].0, "settings.prometheus-username");
         let e = refused(&[("prometheus-url", "http://prom:9090"), ("prometheus-ca-file", "/ca.pem")]);
         assert_eq!(e[0], ("settings.prometheus-ca-file".into(), "only used with an https prometheus-url".into()));
+        let e = refused(&[("prometheus-url", "http://prom:9090"), ("prometheus-cert-file", "/c.pem"), ("prometheus-key-file", "/k.pem")]);
+        assert_eq!(e[0], ("settings.prometheus-cert-file".into(), "only used with an https prometheus-url".into()));
+        assert_eq!(
+            refused(&[("prometheus-cert-file", "/c.pem")])[0],
+            ("settings.prometheus-key-file".into(), "required with prometheus-cert-file".into())
+        );
+        assert_eq!(refused(&[("prometheus-key-file", "/k.pem")])[0].0, "settings.prometheus-cert-file");
         // Reasons that may be about a secret do not repeat the value.
         let e = refused(&[("prometheus-username", "wakegate:hunter2")]);
         assert!(e[0].1.contains("no ':'") && !e[0].1.contains("hunter2"), "{}", e[0].1);

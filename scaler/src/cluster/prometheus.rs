@@ -29,7 +29,7 @@ use proto::metrics as names;
 use proto::settings::{HttpUrl, Settings};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 use tokio_rustls::TlsConnector;
 
@@ -118,7 +118,7 @@ impl Access {
         let tls = if url.tls {
             let name =
                 ServerName::try_from(url.host.clone()).map_err(|e| format!("{}: not a name to check a certificate for: {e}", url.host))?;
-            Some((connector(settings.prometheus_ca_file.as_deref())?, name))
+            Some((connector(settings)?, name))
         } else {
             None
         };
@@ -126,10 +126,11 @@ impl Access {
     }
 }
 
-/// A TLS client trusting the CAs in `ca_file`, or the system's.
-fn connector(ca_file: Option<&Path>) -> Result<TlsConnector, String> {
+/// A TLS client trusting the CAs in `prometheus-ca-file`, or the system's,
+/// showing the client certificate of `prometheus-cert-file` if there is one.
+fn connector(settings: &Settings) -> Result<TlsConnector, String> {
     let mut roots = RootCertStore::empty();
-    match ca_file {
+    match settings.prometheus_ca_file.as_deref() {
         Some(file) => {
             let fail = |reason: String| format!("prometheus-ca-file {}: {reason}", file.display());
             let pem = read_small(file).map_err(fail)?;
@@ -150,13 +151,35 @@ fn connector(ca_file: Option<&Path>) -> Result<TlsConnector, String> {
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match (&settings.prometheus_cert_file, &settings.prometheus_key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            let (chain, key) = client_identity(cert_file, key_file)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| format!("prometheus-key-file {}: {e}", key_file.display()))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// The client certificate chain and its key, for mutual TLS.
+fn client_identity(cert_file: &Path, key_file: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let fail = |key: &str, file: &Path, reason: String| format!("{key} {}: {reason}", file.display());
+    let pem = read_small(cert_file).map_err(|e| fail("prometheus-cert-file", cert_file, e))?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail("prometheus-cert-file", cert_file, format!("unreadable PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(fail("prometheus-cert-file", cert_file, "no certificate in it".into()));
+    }
+    let pem = read_small(key_file).map_err(|e| fail("prometheus-key-file", key_file, e))?;
+    // The key's bytes never reach an error message.
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| fail("prometheus-key-file", key_file, "no PEM private key in it".into()))?;
+    Ok((chain, key))
 }
 
 /// A token or password from its file, without the whitespace around it.
@@ -394,6 +417,25 @@ mod tests {
         assert_eq!(e, format!("prometheus-ca-file {}: no certificate in it", path("blank")));
         let e = refused(&[("prometheus-ca-file", dir.path().to_str().expect("a UTF-8 path"))]);
         assert!(e.ends_with("not a regular file"), "{e}");
+        // Mutual TLS: the certificate file and the key file, each named.
+        let e = refused(&[("prometheus-cert-file", &path("blank")), ("prometheus-key-file", &path("blank"))]);
+        assert_eq!(e, format!("prometheus-cert-file {}: no certificate in it", path("blank")));
+        let made = rcgen::generate_simple_self_signed(vec!["wakegate-scaler".to_string()]).expect("a certificate");
+        std::fs::write(path("client.pem"), made.cert.pem()).expect("a file");
+        std::fs::write(path("not-a-key"), "secret-looking bytes").expect("a file");
+        let e = refused(&[("prometheus-cert-file", &path("client.pem")), ("prometheus-key-file", &path("not-a-key"))]);
+        assert_eq!(e, format!("prometheus-key-file {}: no PEM private key in it", path("not-a-key")));
+        std::fs::write(path("client.key"), made.signing_key.serialize_pem()).expect("a file");
+        let s = Settings::from_pairs(
+            [
+                ("prometheus-ca-file", path("client.pem").as_str()),
+                ("prometheus-cert-file", path("client.pem").as_str()),
+                ("prometheus-key-file", path("client.key").as_str()),
+            ],
+            "",
+        )
+        .expect("valid settings");
+        assert!(Access::new(&https, &s).is_ok(), "a readable client certificate and key");
         std::fs::write(path("huge"), vec![b'a'; MAX_FILE as usize + 1]).expect("a file");
         let e = refused(&[("prometheus-bearer-token-file", &path("huge"))]);
         assert!(e.ends_with("more than the 1048576 bytes read"), "{e}");
