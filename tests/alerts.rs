@@ -3,7 +3,6 @@
 //! alert fires on the series wakegate exports when it should and stays quiet
 //! when it should not. That every metric the rules name is one the gateway
 //! and the scaler export is checked in tests/cluster.rs, against running ones.
-#![allow(clippy::unwrap_used)] // test code: a failed setup should panic loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,19 +17,19 @@ fn root() -> PathBuf {
 /// with `annotations: false` without them (promtool's unit tests compare
 /// annotations verbatim; `check rules` has checked their templates).
 fn rule_file(dir: &Path, annotations: bool) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("deploy/base/prometheusrule.yaml")).unwrap();
-    let rule: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let text = std::fs::read_to_string(root().join("deploy/base/prometheusrule.yaml")).expect("deploy/base/prometheusrule.yaml");
+    let rule: Value = serde_yaml_ng::from_str(&text).expect("the PrometheusRule is YAML");
     assert_eq!(rule["kind"], Value::from("PrometheusRule"));
     let mut spec = rule["spec"].clone();
     if !annotations {
-        for group in spec["groups"].as_sequence_mut().unwrap() {
-            for r in group["rules"].as_sequence_mut().unwrap() {
-                r.as_mapping_mut().unwrap().remove("annotations");
+        for group in spec["groups"].as_sequence_mut().expect("spec.groups is a list") {
+            for r in group["rules"].as_sequence_mut().expect("a group's rules are a list") {
+                r.as_mapping_mut().expect("a rule is a mapping").remove("annotations");
             }
         }
     }
     let path = dir.join(if annotations { "rules.yaml" } else { "rules-bare.yaml" });
-    std::fs::write(&path, serde_yaml_ng::to_string(&spec).unwrap()).unwrap();
+    std::fs::write(&path, serde_yaml_ng::to_string(&spec).expect("the rules as YAML")).expect("the rule file");
     path
 }
 
@@ -43,9 +42,9 @@ fn promtool(args: &[&str], dir: &Path) -> String {
 
 #[test]
 fn the_alert_rules_load_in_prometheus() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a scratch directory");
     let rules = rule_file(dir.path(), true);
-    let out = promtool(&["check", "rules", rules.to_str().unwrap()], dir.path());
+    let out = promtool(&["check", "rules", rules.to_str().expect("a UTF-8 path")], dir.path());
     assert!(out.contains("SUCCESS: 11 rules found"), "{out}");
 }
 
@@ -375,11 +374,11 @@ tests:
 
 #[test]
 fn each_alert_fires_when_it_should_and_only_then() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a scratch directory");
     rule_file(dir.path(), false);
-    std::fs::write(dir.path().join("cases.yaml"), CASES).unwrap();
-    std::fs::write(dir.path().join("long-cases.yaml"), LONG_CASES).unwrap();
-    std::fs::write(dir.path().join("year-cases.yaml"), YEAR_CASES).unwrap();
+    std::fs::write(dir.path().join("cases.yaml"), CASES).expect("a cases file");
+    std::fs::write(dir.path().join("long-cases.yaml"), LONG_CASES).expect("a cases file");
+    std::fs::write(dir.path().join("year-cases.yaml"), YEAR_CASES).expect("a cases file");
     let out = promtool(&["test", "rules", "cases.yaml", "long-cases.yaml", "year-cases.yaml"], dir.path());
     assert_eq!(out.matches("SUCCESS").count(), 3, "{out}");
 }

@@ -240,8 +240,12 @@ impl Metrics {
 
 /// Every wake-up outcome, each series made with its solution.
 const WAKE_OUTCOMES: [WakeOutcome; 3] = [WakeOutcome::Ready, WakeOutcome::Failed, WakeOutcome::Timeout];
+/// The refusal of a held request whose solution took longer than `hold-timeout`.
+pub const HOLD_TIMEOUT: &str = "hold_timeout";
+/// The refusal of a request when `max-held-requests` are held already.
+pub const HOLD_FULL: &str = "hold_full";
 /// Refusals deploy/base/prometheusrule.yaml alerts on, made with their solution.
-const ALERTED_REJECTIONS: [&str; 2] = ["hold_timeout", "hold_full"];
+const ALERTED_REJECTIONS: [&str; 2] = [HOLD_TIMEOUT, HOLD_FULL];
 
 impl Observer for Metrics {
     fn woke(&self, solution: &str, outcome: WakeOutcome, took: Duration) {

@@ -21,6 +21,7 @@ use crate::gateway::Gateway;
 use crate::limits::body::BodyError;
 use crate::limits::body::RequestBody;
 use crate::limits::{BodyLimit, LimitedBody, Verdict};
+use crate::metrics;
 use crate::refusal::Refusal;
 use crate::request_id;
 use crate::router::Target;
@@ -415,7 +416,7 @@ fn forward(
                     Some(a) => held = Some(a),
                     None => {
                         let msg = format!("too many requests are waiting for {} to start; try again shortly", sol.name);
-                        let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "hold_full", msg).retry_after(retry_hint(&state));
+                        let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, metrics::HOLD_FULL, msg).retry_after(retry_hint(&state));
                         return refuse(sol, r, reply_headers, rid);
                     }
                 }
@@ -433,7 +434,7 @@ fn forward(
                 }
                 Err(_) => {
                     let msg = format!("{} did not become ready within {}", sol.name, proto::units::format_duration(settings.hold_timeout));
-                    let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "hold_timeout", msg).retry_after(retry_hint(&state));
+                    let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, metrics::HOLD_TIMEOUT, msg).retry_after(retry_hint(&state));
                     return refuse(sol, r, reply_headers, rid);
                 }
             }

@@ -601,10 +601,20 @@ impl Settings {
                 "prometheus-bearer-token-file",
                 "set either it or prometheus-username and prometheus-password-file, not both".into(),
             ));
-        } else if self.prometheus_username.is_some() && self.prometheus_password_file.is_none() {
-            errors.push(("prometheus-password-file", "required with prometheus-username".into()));
-        } else if self.prometheus_password_file.is_some() && self.prometheus_username.is_none() {
-            errors.push(("prometheus-username", "required with prometheus-password-file".into()));
+        }
+        // Keys that go together: either one alone is refused.
+        for ((a, a_set), (b, b_set)) in [
+            (
+                ("prometheus-username", self.prometheus_username.is_some()),
+                ("prometheus-password-file", self.prometheus_password_file.is_some()),
+            ),
+            (("prometheus-cert-file", self.prometheus_cert_file.is_some()), ("prometheus-key-file", self.prometheus_key_file.is_some())),
+        ] {
+            match (a_set, b_set) {
+                (true, false) => errors.push((b, format!("required with {a}"))),
+                (false, true) => errors.push((a, format!("required with {b}"))),
+                _ => {}
+            }
         }
         let http = self.prometheus_url.as_ref().is_some_and(|u| !u.tls);
         for (key, set) in
@@ -613,11 +623,6 @@ impl Settings {
             if set && http {
                 errors.push((key, "only used with an https prometheus-url".into()));
             }
-        }
-        match (self.prometheus_cert_file.is_some(), self.prometheus_key_file.is_some()) {
-            (true, false) => errors.push(("prometheus-key-file", "required with prometheus-cert-file".into())),
-            (false, true) => errors.push(("prometheus-cert-file", "required with prometheus-key-file".into())),
-            _ => {}
         }
         errors
     }

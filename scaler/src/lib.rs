@@ -4,6 +4,7 @@
 //! solution goes back to zero.
 
 pub mod cluster;
+pub mod file;
 pub mod orchestrator;
 pub mod probe;
 pub mod process;

@@ -151,10 +151,15 @@ impl CertInfo {
 
     /// `not_after` as Unix seconds (for the expiry gauge).
     pub fn not_after_unix(&self) -> f64 {
-        match self.not_after.duration_since(UNIX_EPOCH) {
-            Ok(d) => d.as_secs_f64(),
-            Err(e) => -e.duration().as_secs_f64(),
-        }
+        unix_secs(self.not_after)
+    }
+}
+
+/// `t` as Unix seconds, negative before 1970 (for gauges).
+pub fn unix_secs(t: SystemTime) -> f64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
     }
 }
 

@@ -131,27 +131,14 @@ impl CertFiles {
 /// call took and dropped a file reference (`fdget`/`fput`, ≈ 0.5 % of a
 /// request's CPU under `perf`; docs/benchmarks.md, "Tenth pass").
 ///
-/// Only regular files, and at most [`MAX_FILE`] of them: a path pointed at
-/// a pipe or a device would otherwise stop the thread that serves requests.
+/// Only regular files of at most 1 MiB ([`scaler::file::read_small`]): a
+/// path pointed at a pipe or a device would otherwise stop the thread that
+/// serves requests.
 fn read(path: &Path) -> Result<String, FilesError> {
-    use std::io::Read;
     let err = |source| FilesError::Read { path: path.to_path_buf(), source };
-    // Before opening: opening a pipe waits for a writer.
-    let meta = std::fs::metadata(path).map_err(err)?;
-    if !meta.is_file() {
-        return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
-    }
-    if meta.len() > MAX_FILE {
-        return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("larger than {} KiB", MAX_FILE / 1024))));
-    }
-    let file = std::fs::File::open(path).map_err(err)?;
-    let mut text = String::new();
-    file.take(MAX_FILE).read_to_string(&mut text).map_err(err)?;
-    Ok(text)
+    let bytes = scaler::file::read_small(path).map_err(err)?;
+    String::from_utf8(bytes).map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
-
-/// A PEM chain or key larger than this is not one (a long chain is ~10 KiB).
-const MAX_FILE: u64 = 1024 * 1024;
 
 #[cfg(test)]
 mod tests {

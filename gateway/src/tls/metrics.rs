@@ -5,7 +5,7 @@
 
 use std::io;
 use std::sync::atomic::AtomicU64;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::tls::certkey::CertInfo;
+use crate::tls::certkey::{CertInfo, unix_secs};
 
 /// `certificate_expiry_timestamp_seconds{name}` (gauge).
 pub const CERT_EXPIRY: &str = "certificate_expiry_timestamp_seconds";
@@ -89,14 +89,12 @@ impl TlsMetrics {
     pub fn certificate(&self, name: &str, info: &CertInfo) {
         let label = NameLabel { name: name.to_string() };
         self.expiry.get_or_create(&label).set(info.not_after_unix());
-        let since = info.not_before.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        self.not_before.get_or_create(&label).set(since);
+        self.not_before.get_or_create(&label).set(unix_secs(info.not_before));
     }
 
     /// Records when the certificate served under `name` is to be renewed.
     pub fn renewal(&self, name: &str, at: SystemTime) {
-        let at = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        self.renewal.get_or_create(&NameLabel { name: name.to_string() }).set(at);
+        self.renewal.get_or_create(&NameLabel { name: name.to_string() }).set(unix_secs(at));
     }
 
     /// Makes every order outcome's series at 0 (an ACME renewer starts): an
@@ -120,7 +118,7 @@ impl TlsMetrics {
     /// Counts a successful order completed at `at`.
     pub fn order_succeeded(&self, at: SystemTime) {
         self.order("success");
-        self.last_success.set(at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0));
+        self.last_success.set(unix_secs(at));
     }
 
     /// Counts a failed handshake, by [`handshake_error_reason`].
@@ -160,6 +158,8 @@ pub fn handshake_error_reason(err: &io::Error) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use crate::tls::selfsigned;
 

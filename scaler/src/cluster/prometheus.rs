@@ -35,9 +35,6 @@ use tokio_rustls::TlsConnector;
 
 use super::scrape::{self, Activity, Get, ScrapeError};
 
-/// Largest CA bundle, token or password file read.
-const MAX_FILE: u64 = 1 << 20;
-
 /// How far back a replica that stopped reporting is still waited for.
 const GONE_WINDOW: &str = "5m";
 
@@ -107,14 +104,13 @@ impl Access {
             }
             _ => None,
         };
-        let authorization = match credentials {
-            Some((key, value)) => {
+        let authorization = credentials
+            .map(|(key, value)| {
                 let mut value = HeaderValue::try_from(value).map_err(|_| format!("{key}: holds characters an HTTP field cannot carry"))?;
                 value.set_sensitive(true);
-                Some(value)
-            }
-            None => None,
-        };
+                Ok::<_, String>(value)
+            })
+            .transpose()?;
         let tls = if url.tls {
             let name =
                 ServerName::try_from(url.host.clone()).map_err(|e| format!("{}: not a name to check a certificate for: {e}", url.host))?;
@@ -132,14 +128,8 @@ fn connector(settings: &Settings) -> Result<TlsConnector, String> {
     let mut roots = RootCertStore::empty();
     match settings.prometheus_ca_file.as_deref() {
         Some(file) => {
-            let fail = |reason: String| format!("prometheus-ca-file {}: {reason}", file.display());
-            let pem = read_small(file).map_err(fail)?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| fail(format!("unreadable PEM: {e}")))?;
-                roots.add(cert).map_err(|e| fail(format!("not a CA certificate rustls accepts: {e}")))?;
-            }
-            if roots.is_empty() {
-                return Err(fail("no certificate in it".into()));
+            for cert in certificates("prometheus-ca-file", file)? {
+                roots.add(cert).map_err(|e| format!("prometheus-ca-file {}: not a CA certificate rustls accepts: {e}", file.display()))?;
             }
         }
         None => {
@@ -168,18 +158,23 @@ fn connector(settings: &Settings) -> Result<TlsConnector, String> {
 
 /// The client certificate chain and its key, for mutual TLS.
 fn client_identity(cert_file: &Path, key_file: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    let fail = |key: &str, file: &Path, reason: String| format!("{key} {}: {reason}", file.display());
-    let pem = read_small(cert_file).map_err(|e| fail("prometheus-cert-file", cert_file, e))?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail("prometheus-cert-file", cert_file, format!("unreadable PEM: {e}")))?;
-    if chain.is_empty() {
-        return Err(fail("prometheus-cert-file", cert_file, "no certificate in it".into()));
-    }
-    let pem = read_small(key_file).map_err(|e| fail("prometheus-key-file", key_file, e))?;
+    let chain = certificates("prometheus-cert-file", cert_file)?;
+    let fail = |reason: String| format!("prometheus-key-file {}: {reason}", key_file.display());
+    let pem = read_small(key_file).map_err(fail)?;
     // The key's bytes never reach an error message.
-    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| fail("prometheus-key-file", key_file, "no PEM private key in it".into()))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| fail("no PEM private key in it".into()))?;
     Ok((chain, key))
+}
+
+/// The PEM certificates in `file` (at least one), errors naming `key` and the file.
+fn certificates(key: &str, file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let fail = |reason: String| format!("{key} {}: {reason}", file.display());
+    let pem = read_small(file).map_err(fail)?;
+    let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| fail(format!("unreadable PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(fail("no certificate in it".into()));
+    }
+    Ok(certs)
 }
 
 /// A token or password from its file, without the whitespace around it.
@@ -194,19 +189,9 @@ fn secret(key: &str, file: &Path) -> Result<String, String> {
     Ok(text.to_string())
 }
 
-/// A regular file of at most [`MAX_FILE`] bytes (a Secret or ConfigMap key
-/// mounted as a file); checked before it is opened (a FIFO would block the open).
+/// A Secret or ConfigMap key mounted as a file ([`crate::file::read_small`]).
 fn read_small(file: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    if !std::fs::metadata(file).map_err(|e| e.to_string())?.is_file() {
-        return Err("not a regular file".into());
-    }
-    let mut bytes = Vec::new();
-    std::fs::File::open(file).and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes)).map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_FILE {
-        return Err(format!("more than the {MAX_FILE} bytes read"));
-    }
-    Ok(bytes)
+    crate::file::read_small(file).map_err(|e| e.to_string())
 }
 
 /// Reads every solution's activity through Prometheus at `url`, reached as
@@ -436,9 +421,9 @@ mod tests {
         )
         .expect("valid settings");
         assert!(Access::new(&https, &s).is_ok(), "a readable client certificate and key");
-        std::fs::write(path("huge"), vec![b'a'; MAX_FILE as usize + 1]).expect("a file");
+        std::fs::write(path("huge"), vec![b'a'; crate::file::MAX_SMALL_FILE as usize + 1]).expect("a file");
         let e = refused(&[("prometheus-bearer-token-file", &path("huge"))]);
-        assert!(e.ends_with("more than the 1048576 bytes read"), "{e}");
+        assert!(e.ends_with("larger than 1024 KiB"), "{e}");
     }
 
     /// An https Prometheus by its DNS name: SNI carries the name, the
