@@ -264,7 +264,8 @@ async fn fixed_upstream_is_never_started_or_stopped() {
 async fn a_one_worker_gateway_with_tls_from_files_runs_one_thread() {
     // `workers = 1` means one thread, also while the certificate files are
     // polled: a second one makes every socket call on the request path dearer
-    // (docs/benchmarks.md, "Tenth pass").
+    // (docs/benchmarks.md, "Tenth pass"). The access log has a thread of its
+    // own: off here, as the benchmarks run it.
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     let pair = rcgen::KeyPair::generate().unwrap();
@@ -272,7 +273,7 @@ async fn a_one_worker_gateway_with_tls_from_files_runs_one_thread() {
     std::fs::write(&cert, made.pem()).unwrap();
     std::fs::write(&key, pair.serialize_pem()).unwrap();
     let wg = Wakegate::start(&format!(
-        "[settings]\nworkers = 1\nssl-redirect = false\ntls-source = \"files\"\ntls-cert-file = \"{}\"\ntls-key-file = \"{}\"\n{}",
+        "[settings]\nworkers = 1\naccess-log = \"off\"\nssl-redirect = false\ntls-source = \"files\"\ntls-cert-file = \"{}\"\ntls-key-file = \"{}\"\n{}",
         cert.display(),
         key.display(),
         testapp_solution("app", "", "")
@@ -291,4 +292,117 @@ async fn a_one_worker_gateway_with_tls_from_files_runs_one_thread() {
         .map(|t| std::fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim().to_string())
         .collect();
     assert_eq!(threads.len(), 1, "threads of a workers = 1 gateway: {threads:?}");
+}
+
+/// The access log's lines at `path`, each parsed as JSON.
+fn access_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))).collect()
+}
+
+fn access_file(path: &std::path::Path) -> Vec<serde_json::Value> {
+    access_lines(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
+    // `slow` takes 30 s to become ready: a browser sees the waiting page, a
+    // script is held.
+    let solutions = format!("{}{}", testapp_solution("app", "", ""), testapp_solution("slow", "--startup-delay 30", ""));
+    let cfg = |dest: &str| format!("[settings]\naccess-log = \"{dest}\"\n{solutions}");
+    let wg = Wakegate::start(&cfg("{dir}/access.log"));
+    let path = wg.dir.path().join("access.log");
+    let a = wg.public;
+
+    let hello = get(a, "app.localhost", "/hello?x=1", &[("user-agent", "probe/1"), ("referer", "http://localhost/")]).await.unwrap();
+    assert_eq!(hello.status, 200);
+    let unknown = get(a, "nope.localhost", "/", &[]).await.unwrap();
+    assert_eq!(unknown.status, 404);
+    let page = get(a, "slow.localhost", "/", &[("accept", "text/html")]).await.unwrap();
+    assert_eq!(page.status, 503, "the waiting page");
+    // A script that gives up while its request is held.
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), get(a, "slow.localhost", "/api", &[])).await;
+    assert!(gave_up.is_err(), "slow is not ready yet: {gave_up:?}");
+    let stream = tokio::net::TcpStream::connect(a).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let h2 = send.send_request(Request::get("http://app.localhost/hello").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let h2_id = h2.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(h2.into_body().collect().await.unwrap().to_bytes(), "hello from app\n");
+
+    assert!(eventually(Duration::from_secs(5), || async { access_file(&path).len() >= 5 }).await, "{:?}", access_file(&path));
+    let lines = access_file(&path);
+    assert_eq!(lines.len(), 5, "one line per request: {lines:#?}");
+    let by_id = |id: &str| lines.iter().find(|l| l["request_id"] == id).unwrap_or_else(|| panic!("no line for {id}: {lines:#?}"));
+    let l = by_id(hello.header("x-request-id"));
+    for (key, want) in [
+        ("client", "127.0.0.1"),
+        ("method", "GET"),
+        ("host", "app.localhost"),
+        ("uri", "/hello?x=1"),
+        ("protocol", "HTTP/1.1"),
+        ("user_agent", "probe/1"),
+        ("referer", "http://localhost/"),
+        ("solution", "app"),
+    ] {
+        assert_eq!(l[key], want, "{key}: {l}");
+    }
+    assert_eq!((l["status"].as_u64(), l["bytes"].as_u64(), l["completed"].as_bool()), (Some(200), Some(15), Some(true)), "{l}");
+    assert!(l["upstream"].as_str().is_some_and(|u| u.starts_with("127.0.0.1:")), "{l}");
+    assert!(l.get("reason").is_none(), "{l}");
+    // It was held while `app` started: the duration says so.
+    assert!(l["duration_ms"].as_f64().is_some_and(|d| d > 1.0), "{l}");
+
+    let l = by_id(unknown.header("x-request-id"));
+    assert_eq!((l["status"].as_u64(), l["reason"].as_str()), (Some(404), Some("unknown_host")), "{l}");
+    assert!(l.get("solution").is_none() && l.get("upstream").is_none(), "{l}");
+    let l = by_id(page.header("x-request-id"));
+    assert_eq!((l["status"].as_u64(), l["reason"].as_str(), l["solution"].as_str()), (Some(503), Some("waiting_page"), Some("slow")));
+    let l = lines.iter().find(|l| l["uri"] == "/api").unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!((l["status"].as_u64(), l["reason"].as_str(), l["completed"].as_bool()), (Some(499), Some("client_closed"), Some(false)));
+    assert_eq!(l["solution"], "slow");
+    let l = by_id(&h2_id);
+    assert_eq!((l["status"].as_u64(), l["protocol"].as_str(), l["bytes"].as_u64()), (Some(200), Some("HTTP/2.0"), Some(15)), "{l}");
+
+    // Off, live: no more lines.
+    let reloads = |n: f64| {
+        let wg = &wg;
+        async move { metric(&wg.metrics().await, "wakegate_config_reloads_total{outcome=\"success\"}") == Some(n) }
+    };
+    wg.write_config(&cfg("off"));
+    assert!(eventually(Duration::from_secs(5), || reloads(1.0)).await, "{}", wg.log());
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    // Another destination, live.
+    wg.write_config(&cfg("{dir}/second.log"));
+    assert!(eventually(Duration::from_secs(5), || reloads(2.0)).await, "{}", wg.log());
+    let second = wg.dir.path().join("second.log");
+    let r = wg.get("app", "/hello").await;
+    assert!(eventually(Duration::from_secs(5), || async { access_file(&second).len() == 1 }).await);
+    assert_eq!(access_file(&second)[0]["request_id"], r.header("x-request-id"));
+    // A destination that is not a file path is refused, by key; the last
+    // good one keeps logging.
+    wg.write_config(&cfg("access.log"));
+    assert!(
+        eventually(Duration::from_secs(5), || async { wg.log().contains("settings.access-log") }).await,
+        "the refusal names the key: {}",
+        wg.log()
+    );
+    wg.get("app", "/hello").await;
+    assert!(eventually(Duration::from_secs(5), || async { access_file(&second).len() == 2 }).await);
+    assert_eq!(access_file(&path).len(), 5, "nothing was logged while the log was off or elsewhere");
+    assert_eq!(metric(&wg.metrics().await, "wakegate_access_log_dropped_lines_total"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_goes_to_stdout_by_default() {
+    let wg = Wakegate::start(&config(""));
+    let r = wg.get("app", "/hello").await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            access_lines(&wg.stdout()).iter().any(|l| l["request_id"] == r.header("x-request-id"))
+        })
+        .await,
+        "stdout: {}",
+        wg.stdout()
+    );
+    assert!(!wg.log().contains(r.header("x-request-id")), "the diagnostic log (stderr) has no access lines");
 }

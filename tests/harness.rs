@@ -104,12 +104,14 @@ impl Wakegate {
             }
             None => Command::new(bin()),
         };
+        // Standard output is the access log's (by default).
+        let stdout = std::fs::File::create(dir.path().join("stdout"))?;
         let mut child = cmd
             .args(["run", "--config"])
             .arg(&path)
             .env("WAKEGATE_LOG", "info,wakegate=debug,wakegate_scaler=debug")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .context("spawn wakegate")?;
@@ -154,6 +156,11 @@ impl Wakegate {
         let tmp = self.dir.path().join("wakegate.toml.tmp");
         std::fs::write(&tmp, render(config, self.dir.path())).expect("write config");
         std::fs::rename(&tmp, self.config_path()).expect("rename config");
+    }
+
+    /// Everything it wrote to standard output so far (the access log, by default).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
     }
 
     /// Everything it logged so far.

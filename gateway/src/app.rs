@@ -144,6 +144,7 @@ pub async fn run(
     }
     tracing::info!("stopping solutions");
     orchestrator.shutdown().await;
+    gw.access.flush();
     tracing::info!("bye");
     Ok(())
 }

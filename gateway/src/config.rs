@@ -48,6 +48,13 @@ pub fn validate(config: Config) -> Result<Loaded, ConfigErrors> {
             None
         }
     };
+    // Opened (created if need be) now, as `nginx -t` does: a path the
+    // gateway cannot write to is refused before any line is lost to it.
+    if let proto::settings::AccessLog::File(path) = &config.settings.access_log
+        && let Err(e) = crate::access_log::open(path)
+    {
+        errors.push(ConfigError::new("settings.access-log", format!("{} cannot be opened for appending: {e}", path.display())));
+    }
     match tls {
         Ok(tls) if errors.is_empty() => {
             // A trusted certificate makes the redirect safe by default; a

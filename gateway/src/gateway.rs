@@ -10,6 +10,7 @@ use proto::{Config, Settings};
 use scaler::Orchestrator;
 use scaler::reaper::{ActivitySource, Candidate};
 
+use crate::access_log::AccessLog;
 use crate::metrics::Metrics;
 use crate::router::Routes;
 use crate::solution::SolutionRt;
@@ -41,6 +42,8 @@ pub struct Gateway {
     pub pools: Pools,
     orchestrator: Arc<dyn Orchestrator>,
     draining: AtomicBool,
+    /// One JSON line per request (`access-log`).
+    pub access: AccessLog,
 }
 
 impl Gateway {
@@ -50,6 +53,7 @@ impl Gateway {
             tls: ArcSwap::from_pointee(TlsView::default()),
             routes: ArcSwap::from_pointee(Routes::new(config.settings.base_domain.clone(), Vec::new())),
             settings: ArcSwap::from_pointee(config.settings.clone()),
+            access: AccessLog::new(metrics.access_log_dropped.clone()),
             metrics,
             pools: Pools::default(),
             orchestrator,
@@ -98,6 +102,7 @@ impl Gateway {
         }
         self.routes.store(Arc::new(Routes::new(config.settings.base_domain.clone(), list)));
         self.settings.store(Arc::new(config.settings.clone()));
+        self.access.set(&config.settings.access_log);
         self.pools.prune();
     }
 

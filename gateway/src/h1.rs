@@ -265,7 +265,9 @@ where
             }
         };
         let closing = *stop.borrow();
-        let resp = resp.map(|b| Tracked { inner: b, _serving: serving });
+        let mut resp = resp;
+        let log = crate::access_log::answered(&mut resp);
+        let resp = resp.map(|b| Tracked { inner: b, _serving: serving, log });
         let keep = write_response(&mut io, &mut out, resp, meta, closing).await?;
         if out.capacity() > COPY_MAX * 2 {
             out = Vec::new();
@@ -526,7 +528,7 @@ fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 }
 
 /// `n` in decimal, in `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;

@@ -2,6 +2,7 @@
 //! holds requests while a cold solution wakes, and exports a metric for every
 //! decision. The `wakegate` binary wires it with the scaler (embedded mode).
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod body;

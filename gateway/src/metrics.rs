@@ -98,6 +98,8 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     reload_ok: Gauge,
     limiter_clients: Gauge,
+    /// Access log lines that were not written.
+    pub access_log_dropped: Counter,
     /// Certificate and ACME metrics.
     pub tls: crate::tls::TlsMetrics,
 }
@@ -127,6 +129,7 @@ impl Metrics {
             reloads: Family::default(),
             reload_ok: Gauge::default(),
             limiter_clients: Gauge::default(),
+            access_log_dropped: Counter::default(),
             tls: crate::tls::TlsMetrics::default(),
             registry: Registry::default(),
         };
@@ -155,6 +158,11 @@ impl Metrics {
             "rate_limiter_clients",
             "Client addresses tracked by the per-client rate limiters (bounded by rate-limit-max-clients per solution)",
             m.limiter_clients.clone(),
+        );
+        registry.register(
+            "access_log_dropped_lines",
+            "Access log lines not written: the output did not take them fast enough, or failed",
+            m.access_log_dropped.clone(),
         );
         let tls = crate::tls::TlsMetrics::register(&mut registry);
         Self { registry, tls, ..m }

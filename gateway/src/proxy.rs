@@ -15,6 +15,7 @@ use http::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use proto::Phase;
 
+use crate::access_log;
 use crate::body::Body;
 use crate::client::{self, Client};
 use crate::gateway::Gateway;
@@ -45,15 +46,26 @@ const RETRY_PAUSE: Duration = Duration::from_millis(20);
 pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> impl Future<Output = Response<Body>> + Send + 'static {
     let started = Instant::now();
     let rid = request_id::of(req.headers());
+    let mut line = if gw.access.is_on() {
+        let client = client::identify(peer.ip(), req.headers(), &gw.settings_ref().trusted_proxies);
+        gw.access.begin(client.ip, &req, &rid, started)
+    } else {
+        None
+    };
     let (hsts, routed) = match connection_checks(&gw, &req, &rid) {
-        Ok((tls, hsts, host)) => (hsts, route(gw, peer, req, host, tls, &rid, started)),
+        Ok((tls, hsts, host)) => (hsts, route(gw, peer, req, host, tls, &rid, started, &mut line)),
         Err(resp) => (None, Err(*resp)),
     };
+    // Logged as 499 if the client goes away before the answer (see `access_log`).
+    let mut unanswered = access_log::Unanswered(line);
     let routed = match routed {
         Ok(forwarding) => Either::Right(forwarding),
         Err(resp) => Either::Left(ready(resp)),
     };
     routed.map(move |mut resp| {
+        if let Some(line) = unanswered.0.take() {
+            resp.extensions_mut().insert(line);
+        }
         // A solution's head passed on as it came carries them (no map needed).
         if let Some(raw) = resp.body_mut().raw_head_mut() {
             raw.set_own(rid, hsts);
@@ -89,6 +101,7 @@ fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Re
         if let Ok(location) = HeaderValue::from_str(&format!("https://{name}{port}{target}")) {
             let mut r = Response::new(Body::full("this site is served over HTTPS\n"));
             *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            r.extensions_mut().insert(access_log::Reason("https_redirect"));
             r.headers_mut().insert(header::LOCATION, location);
             return Err(Box::new(r));
         }
@@ -134,7 +147,7 @@ fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// that forwards it to its solution.
 // The `Err` is the response itself, moved once to the client: boxing it would
 // cost an allocation on every refused request.
-#[allow(clippy::result_large_err)]
+#[allow(clippy::result_large_err, clippy::too_many_arguments)]
 fn route(
     gw: Arc<Gateway>,
     peer: SocketAddr,
@@ -143,6 +156,7 @@ fn route(
     tls: bool,
     rid: &HeaderValue,
     started: Instant,
+    line: &mut Option<Box<access_log::Line>>,
 ) -> Result<impl Future<Output = Response<Body>> + Send + 'static + use<>, Response<Body>> {
     let (max_uri, client) = {
         let s = gw.settings_ref();
@@ -194,6 +208,9 @@ fn route(
             }
         }
     };
+    if let Some(line) = line {
+        line.solution(&sol.name);
+    }
     if req.uri().path() == waiting::STATUS_PATH {
         return Err(waiting::status(&sol, req.headers()));
     }
@@ -351,7 +368,9 @@ fn forward(
                         let added = f.forwarded.as_ref().map(|fwd| (fwd, rid));
                         let sending = direct::send(&ep, &f.req, added, settings.upstream_connect_timeout);
                         match tokio::time::timeout_at(until, sending).await {
-                            Ok(Ok(answer)) => return respond_direct(ep, answer, permit, activity, f.started),
+                            Ok(Ok(answer)) => {
+                                return with_upstream(&gw, ep.addr, respond_direct(ep, answer, permit, activity, f.started));
+                            }
                             Ok(Err(direct::Error::NotSent(why))) => why,
                             Ok(Err(direct::Error::Failed(why))) => {
                                 upstream::abort(&ep);
@@ -365,7 +384,9 @@ fn forward(
                     } else {
                         let sending = upstream::send(&ep, f.req, settings.upstream_connect_timeout, permit);
                         match Box::pin(tokio::time::timeout_at(until, sending)).await {
-                            Ok(Ok(sent)) => return respond(ep, sent, activity, f.client_upgrade, f.started),
+                            Ok(Ok(sent)) => {
+                                return with_upstream(&gw, ep.addr, respond(ep, sent, activity, f.client_upgrade, f.started));
+                            }
                             Ok(Err(SendError::NotSent(r, why))) => {
                                 f.req = *r;
                                 why
@@ -440,6 +461,14 @@ fn forward(
             }
         }
     }
+}
+
+/// Names the endpoint that answered, for the access log (while it is on).
+fn with_upstream(gw: &Gateway, addr: SocketAddr, mut resp: Response<Body>) -> Response<Body> {
+    if gw.access.is_on() {
+        resp.extensions_mut().insert(access_log::Upstream(addr));
+    }
+    resp
 }
 
 fn upstream_timeout(

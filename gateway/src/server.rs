@@ -278,7 +278,8 @@ where
             // hyper writes the header map: a head passed on as it came joins it.
             handler(peer, req).map(move |mut resp| {
                 crate::direct::materialize(&mut resp);
-                Ok::<_, Infallible>(resp.map(|b| Tracked { inner: b, _serving: serving }))
+                let log = crate::access_log::answered(&mut resp);
+                Ok::<_, Infallible>(resp.map(|b| Tracked { inner: b, _serving: serving, log }))
             })
         });
         // The same settings for each way of serving; hyper answers 431 itself
@@ -509,10 +510,20 @@ async fn read_proxy_header(stream: &mut TcpStream, timeout: Duration) -> Result<
 }
 
 /// A response body that keeps its request counted as "being served" until
-/// the last byte is out (so the watchdog never closes a streaming response).
+/// the last byte is out (so the watchdog never closes a streaming response),
+/// and writes its access log line when it is gone.
 pub struct Tracked {
     pub(crate) inner: Body,
     pub(crate) _serving: Serving,
+    pub(crate) log: Option<Box<crate::access_log::Answered>>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(log) = &mut self.log {
+            log.finish(http_body::Body::is_end_stream(&self.inner));
+        }
+    }
 }
 
 impl http_body::Body for Tracked {
@@ -520,7 +531,12 @@ impl http_body::Body for Tracked {
     type Error = crate::body::BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Some(log), Poll::Ready(frame)) = (&mut this.log, &polled) {
+            log.frame(frame);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -160,6 +160,12 @@ pub const KEYS: &[Key] = &[
         doc: "admin listener: /metrics, /healthz, /readyz, /status (restart to change)",
     },
     Key { name: "workers", scope: Scope::Global, default: "0", doc: "runtime worker threads; 0 = one per core (restart to change)" },
+    Key {
+        name: "access-log",
+        scope: Scope::Global,
+        default: "stdout",
+        doc: "one JSON line per request: stdout, stderr, off, or the absolute path of a file (reopened when it is rotated)",
+    },
     Key { name: "shutdown-grace", scope: Scope::Global, default: "30s", doc: "on SIGTERM, how long in-flight requests may take to finish" },
     Key { name: "reaper-interval", scope: Scope::Global, default: "30s", doc: "how often idle solutions are looked for" },
     Key {
@@ -427,6 +433,8 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     /// Runtime worker threads; 0 = one per core.
     pub workers: usize,
+    /// Where the access log goes.
+    pub access_log: AccessLog,
     /// Drain time on shutdown.
     pub shutdown_grace: Duration,
     /// Period of the idle check.
@@ -482,6 +490,7 @@ impl Default for Settings {
             listen: parse_addr(DEFAULT_LISTEN),
             admin_listen: parse_addr(DEFAULT_ADMIN_LISTEN),
             workers: 0,
+            access_log: AccessLog::Stdout,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             reaper_interval: DEFAULT_REAPER_INTERVAL,
             activity_source: ActivitySource::Gateways,
@@ -542,6 +551,7 @@ impl Settings {
                     return Err(format!("{} worker threads is more than any machine needs (max 1024)", self.workers));
                 }
             }
+            "access-log" => self.access_log = AccessLog::parse(value)?,
             "shutdown-grace" => self.shutdown_grace = parse_duration(value)?,
             "reaper-interval" => self.reaper_interval = positive(parse_duration(value)?)?,
             "activity-source" => self.activity_source = ActivitySource::parse(value)?,
@@ -640,6 +650,33 @@ fn parse_path(value: &str) -> Result<Option<PathBuf>, String> {
         return Err("expected the absolute path of a file mounted into the pod, e.g. /etc/wakegate/prometheus/password".into());
     }
     Ok(Some(PathBuf::from(v)))
+}
+
+/// Where the access log's lines are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    /// No access log.
+    Off,
+    /// Standard output (the diagnostic log is on standard error), as
+    /// ingress-nginx and the nginx image do: what `kubectl logs` collects.
+    Stdout,
+    /// Standard error, with the diagnostic log.
+    Stderr,
+    /// Appended to this file, opened again when it is renamed or removed
+    /// (logrotate without `copytruncate`).
+    File(PathBuf),
+}
+
+impl AccessLog {
+    fn parse(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "off" | "false" => Ok(Self::Off),
+            "stdout" => Ok(Self::Stdout),
+            "stderr" => Ok(Self::Stderr),
+            v if v.starts_with('/') && !v.ends_with('/') && !v.contains(|c: char| c.is_control()) => Ok(Self::File(PathBuf::from(v))),
+            _ => Err(format!("expected stdout, stderr, off, or the absolute path of a file, got {value:?}")),
+        }
+    }
 }
 
 /// Where the cluster scaler reads how busy each solution is.
@@ -843,6 +880,19 @@ mod tests {
         let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["settings.idle-timeout", "settings.max-held-requests", "settings.listen", "settings.idel-timeout"]);
         assert!(errs[3].reason.contains("did you mean \"idle-timeout\""), "{}", errs[3].reason);
+    }
+
+    #[test]
+    fn access_log_destinations() {
+        let dest = |v: &str| Settings::from_pairs([("access-log", v)], "").map(|s| s.access_log);
+        assert_eq!(dest(" off "), Ok(AccessLog::Off));
+        assert_eq!(dest("stderr"), Ok(AccessLog::Stderr));
+        assert_eq!(dest("/var/log/wakegate/access.log"), Ok(AccessLog::File("/var/log/wakegate/access.log".into())));
+        for bad in ["access.log", "/var/log/", "yes", ""] {
+            let errs = dest(bad).unwrap_err();
+            assert_eq!(errs[0].key, "access-log");
+            assert!(errs[0].reason.contains("stdout, stderr, off"), "{bad:?}: {}", errs[0].reason);
+        }
     }
 
     #[test]

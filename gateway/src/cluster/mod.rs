@@ -244,6 +244,7 @@ pub async fn run_with(
     {
         tracing::warn!("the ACME lease was not released in time");
     }
+    gw.access.flush();
     tracing::info!("bye");
     Ok(())
 }

@@ -1,0 +1,675 @@
+//! The access log: one JSON line per request (`access-log`), as ingress-nginx
+//! and Envoy write theirs, for Loki, Elasticsearch or `jq`:
+//!
+//! ```json
+//! {"time":"2026-11-29T21:04:05.123Z","request_id":"5f0c…","client":"203.0.113.9","method":"GET","host":"nlp.example.com","uri":"/similarity","protocol":"HTTP/1.1","user_agent":"curl/8.5.0","solution":"nlp","status":200,"bytes":58,"duration_ms":3.412,"upstream":"10.42.0.17:8080","completed":true}
+//! ```
+//!
+//! `time` is when the request arrived; `duration_ms` runs to the response's
+//! last byte. `reason` says why the gateway answered instead of the solution
+//! (the `reason` of `wakegate_rejected_requests_total`, `waiting_page`,
+//! `https_redirect`), `completed` is false when the body was cut short, and a
+//! client that goes away before any answer (a held request, most often) is
+//! logged with status 499 and reason `client_closed`, as nginx does.
+//!
+//! A request formats its line into a buffer of its own (only while the log is
+//! on) and appends it to one shared buffer; a thread of the log's own writes
+//! that out every few milliseconds, so a slow or blocked output never holds a
+//! request. Lines that do not fit while the output is blocked (4 MiB waiting)
+//! are dropped and counted in `wakegate_access_log_dropped_lines_total`.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderMap, HeaderValue, Method, Response, Uri, Version, header};
+use prometheus_client::metrics::counter::Counter;
+use proto::settings::AccessLog as Dest;
+
+/// Lines waiting to be written, at most; more are dropped (and counted).
+const MAX_BUFFERED: usize = 4 << 20;
+/// The writer waits this long after the first line of a batch: under load it
+/// writes a few hundred lines at once, not one per request.
+const BATCH_DELAY: Duration = Duration::from_millis(10);
+/// How often a log file's path is checked for a rotation.
+const REOPEN_CHECK: Duration = Duration::from_secs(1);
+/// Bytes of a header value (user agent, referer) kept in a line.
+const MAX_FIELD: usize = 512;
+
+/// The gateway's access log.
+pub struct AccessLog {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    on: AtomicBool,
+    state: Mutex<State>,
+    wake: Condvar,
+    /// Held while a batch is written (by the writer, or by [`AccessLog::flush`]):
+    /// batches reach the output in the order they were taken.
+    out: Mutex<Output>,
+    dropped: Counter,
+}
+
+struct State {
+    buf: Vec<u8>,
+    dest: Dest,
+    /// Bumped at every change of `dest`.
+    generation: u64,
+    /// The writer thread waits for `wake`.
+    waiting: bool,
+    started: bool,
+    /// Lines dropped since the writer last said so.
+    dropped: u64,
+}
+
+/// Why the gateway answered a request itself (a response extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Reason(pub &'static str);
+
+/// The solution endpoint that answered (a response extension, set while the log is on).
+#[derive(Debug, Clone, Copy)]
+pub struct Upstream(pub SocketAddr);
+
+impl AccessLog {
+    /// An access log writing nowhere until [`AccessLog::set`].
+    pub fn new(dropped: Counter) -> Self {
+        let state = State { buf: Vec::new(), dest: Dest::Off, generation: 0, waiting: false, started: false, dropped: 0 };
+        let out = Output { dest: Dest::Off, generation: 0, file: None, checked: Instant::now(), failing: false };
+        Self {
+            shared: Arc::new(Shared {
+                on: AtomicBool::new(false),
+                state: Mutex::new(state),
+                wake: Condvar::new(),
+                out: Mutex::new(out),
+                dropped,
+            }),
+        }
+    }
+
+    /// Writes to `dest` from now on; its thread starts with the first destination.
+    pub fn set(&self, dest: &Dest) {
+        let mut st = lock(&self.shared.state);
+        if st.dest != *dest {
+            st.dest = dest.clone();
+            st.generation += 1;
+        }
+        let on = *dest != Dest::Off;
+        if on && !st.started {
+            let shared = self.shared.clone();
+            match std::thread::Builder::new().name("access-log".into()).spawn(move || write_loop(&shared)) {
+                Ok(_) => st.started = true,
+                Err(e) => {
+                    tracing::error!("access log off: its thread did not start: {e}");
+                    return;
+                }
+            }
+        }
+        self.shared.on.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether requests are logged now.
+    pub fn is_on(&self) -> bool {
+        self.shared.on.load(Ordering::Relaxed)
+    }
+
+    /// The start of a request's line, if the log is on.
+    pub fn begin<B>(&self, client: IpAddr, req: &http::Request<B>, rid: &HeaderValue, started: Instant) -> Option<Box<Line>> {
+        self.is_on().then(|| {
+            Box::new(Line::begin(self.shared.clone(), client, req.method(), req.uri(), req.version(), req.headers(), rid, started))
+        })
+    }
+
+    /// Writes every line logged so far (at shutdown).
+    pub fn flush(&self) {
+        drain(&self.shared);
+    }
+}
+
+/// Takes the line a response carries (as an extension, from the request
+/// handler) and adds what the response says of itself.
+pub fn answered<B>(resp: &mut Response<B>) -> Option<Box<Answered>> {
+    let line = resp.extensions_mut().remove::<Box<Line>>()?;
+    Some(line.answered(resp))
+}
+
+/// One request's line, until its answer is known.
+#[derive(Clone)]
+pub struct Line {
+    buf: Vec<u8>,
+    started: Instant,
+    log: Arc<Shared>,
+}
+
+impl Line {
+    #[allow(clippy::too_many_arguments)]
+    fn begin(
+        log: Arc<Shared>,
+        client: IpAddr,
+        method: &Method,
+        uri: &Uri,
+        version: Version,
+        headers: &HeaderMap,
+        rid: &HeaderValue,
+        started: Instant,
+    ) -> Line {
+        let mut buf = Vec::with_capacity(384);
+        buf.extend_from_slice(b"{\"time\":\"");
+        rfc3339(SystemTime::now(), &mut buf);
+        buf.extend_from_slice(b"\",\"request_id\":");
+        string(&mut buf, rid.as_bytes());
+        buf.extend_from_slice(b",\"client\":\"");
+        ip(&mut buf, client);
+        buf.extend_from_slice(b"\",\"method\":");
+        string(&mut buf, method.as_str().as_bytes());
+        let host = uri.authority().map(|a| a.as_str().as_bytes()).or_else(|| headers.get(header::HOST).map(HeaderValue::as_bytes));
+        field(&mut buf, "host", host);
+        buf.extend_from_slice(b",\"uri\":");
+        string(&mut buf, uri.path_and_query().map_or(b"/", |p| p.as_str().as_bytes()));
+        buf.extend_from_slice(match version {
+            Version::HTTP_09 => b",\"protocol\":\"HTTP/0.9\"",
+            Version::HTTP_10 => b",\"protocol\":\"HTTP/1.0\"",
+            Version::HTTP_2 => b",\"protocol\":\"HTTP/2.0\"",
+            Version::HTTP_3 => b",\"protocol\":\"HTTP/3.0\"",
+            _ => b",\"protocol\":\"HTTP/1.1\"",
+        });
+        for (key, name) in [("user_agent", header::USER_AGENT), ("referer", header::REFERER)] {
+            if let Some(v) = headers.get(name) {
+                field(&mut buf, key, Some(&v.as_bytes()[..v.len().min(MAX_FIELD)]));
+            }
+        }
+        Line { buf, started, log }
+    }
+
+    /// Notes the solution the request is for.
+    pub fn solution(&mut self, name: &str) {
+        field(&mut self.buf, "solution", Some(name.as_bytes()));
+    }
+
+    /// The answer's part of the line, kept with the response body until its end.
+    pub fn answered<B>(self, resp: &Response<B>) -> Box<Answered> {
+        let ext = resp.extensions();
+        Box::new(Answered {
+            line: Some(self),
+            status: resp.status().as_u16(),
+            reason: ext.get::<Reason>().map(|r| r.0),
+            upstream: ext.get::<Upstream>().map(|u| u.0),
+            bytes: 0,
+            ended: false,
+        })
+    }
+
+    fn finish(mut self, status: u16, bytes: u64, completed: bool, reason: Option<&str>, upstream: Option<SocketAddr>) {
+        // Formatted by hand: `write!` would be most of the line's cost.
+        let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let buf = &mut self.buf;
+        buf.extend_from_slice(b",\"status\":");
+        num(buf, u64::from(status));
+        buf.extend_from_slice(b",\"bytes\":");
+        num(buf, bytes);
+        buf.extend_from_slice(b",\"duration_ms\":");
+        num(buf, micros / 1000);
+        buf.push(b'.');
+        padded(buf, micros % 1000, 3);
+        if let Some(u) = upstream {
+            buf.extend_from_slice(b",\"upstream\":\"");
+            match u {
+                SocketAddr::V4(_) => ip(buf, u.ip()),
+                SocketAddr::V6(_) => {
+                    buf.push(b'[');
+                    ip(buf, u.ip());
+                    buf.push(b']');
+                }
+            }
+            buf.push(b':');
+            num(buf, u64::from(u.port()));
+            buf.push(b'"');
+        }
+        field(buf, "reason", reason.map(str::as_bytes));
+        buf.extend_from_slice(if completed { b",\"completed\":true}\n" } else { b",\"completed\":false}\n" });
+        push(&self.log, buf);
+    }
+}
+
+/// A line whose request was answered: written when the response body ends
+/// or is dropped (see `server::Tracked`).
+pub struct Answered {
+    line: Option<Line>,
+    status: u16,
+    reason: Option<&'static str>,
+    upstream: Option<SocketAddr>,
+    bytes: u64,
+    ended: bool,
+}
+
+impl Answered {
+    /// Counts a frame of the body on its way out; `None` is its end.
+    pub fn frame<E>(&mut self, frame: &Option<Result<http_body::Frame<bytes::Bytes>, E>>) {
+        match frame {
+            Some(Ok(f)) => self.bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+            Some(Err(_)) => {}
+            None => self.ended = true,
+        }
+    }
+
+    /// Writes the line; `end_stream` if the body had nothing more to send.
+    pub fn finish(&mut self, end_stream: bool) {
+        if let Some(line) = self.line.take() {
+            line.finish(self.status, self.bytes, self.ended || end_stream, self.reason, self.upstream);
+        }
+    }
+}
+
+/// A request's line until it is answered: a client that goes away first is
+/// logged with 499 (nginx's "client closed request").
+pub struct Unanswered(pub Option<Box<Line>>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(line) = self.0.take() {
+            line.finish(499, 0, false, Some("client_closed"), None);
+        }
+    }
+}
+
+fn push(log: &Shared, line: &[u8]) {
+    let mut st = lock(&log.state);
+    if st.buf.len() + line.len() > MAX_BUFFERED {
+        st.dropped += 1;
+        drop(st);
+        log.dropped.inc();
+        return;
+    }
+    st.buf.extend_from_slice(line);
+    if st.waiting {
+        st.waiting = false;
+        drop(st);
+        log.wake.notify_one();
+    }
+}
+
+fn write_loop(log: &Shared) {
+    loop {
+        {
+            let mut st = lock(&log.state);
+            while st.buf.is_empty() {
+                st.waiting = true;
+                st = log.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        std::thread::sleep(BATCH_DELAY);
+        drain(log);
+    }
+}
+
+/// Writes what is buffered.
+fn drain(log: &Shared) {
+    let mut out = lock(&log.out);
+    let (batch, dropped) = {
+        let mut st = lock(&log.state);
+        if st.generation != out.generation {
+            out.dest = st.dest.clone();
+            out.generation = st.generation;
+            out.file = None;
+            out.failing = false;
+        }
+        (std::mem::take(&mut st.buf), std::mem::take(&mut st.dropped))
+    };
+    if dropped > 0 {
+        tracing::warn!("access log: {dropped} lines dropped: {} did not take them as fast as they came", out.dest_name());
+    }
+    if !batch.is_empty() {
+        out.write(&batch, &log.dropped);
+    }
+}
+
+/// The writer's side: the destination, and the file while one is open.
+struct Output {
+    dest: Dest,
+    generation: u64,
+    /// The open file and its (device, inode).
+    file: Option<(File, (u64, u64))>,
+    checked: Instant,
+    /// The last write failed (said once, until one works again).
+    failing: bool,
+}
+
+impl Output {
+    fn dest_name(&self) -> String {
+        match &self.dest {
+            Dest::Off => "nothing".into(),
+            Dest::Stdout => "stdout".into(),
+            Dest::Stderr => "stderr".into(),
+            Dest::File(p) => p.display().to_string(),
+        }
+    }
+
+    fn write(&mut self, batch: &[u8], dropped: &Counter) {
+        let result = match &self.dest {
+            // Lines logged just before the log was turned off.
+            Dest::Off => Ok(()),
+            Dest::Stdout => std::io::stdout().lock().write_all(batch).and_then(|()| std::io::stdout().lock().flush()),
+            Dest::Stderr => std::io::stderr().lock().write_all(batch),
+            Dest::File(path) => {
+                let path = path.clone();
+                self.file_write(&path, batch)
+            }
+        };
+        match result {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!("access log: writing to {} again", self.dest_name());
+            }
+            Ok(()) => {}
+            Err(e) => {
+                let lines = batch.iter().filter(|&&b| b == b'\n').count() as u64;
+                dropped.inc_by(lines);
+                if !self.failing {
+                    self.failing = true;
+                    tracing::warn!("access log: writing to {} failed: {e}; lines are dropped until it works again", self.dest_name());
+                }
+            }
+        }
+    }
+
+    /// Appends to the file at `path`, opening it again when it was renamed or
+    /// removed since it was opened (checked at most every [`REOPEN_CHECK`]).
+    fn file_write(&mut self, path: &std::path::Path, batch: &[u8]) -> std::io::Result<()> {
+        if self.file.is_some() && self.checked.elapsed() >= REOPEN_CHECK {
+            self.checked = Instant::now();
+            let current = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+            if current != self.file.as_ref().map(|f| f.1) {
+                self.file = None;
+            }
+        }
+        if self.file.is_none() {
+            let f = open(path)?;
+            let id = f.metadata().map(|m| (m.dev(), m.ino()))?;
+            self.file = Some((f, id));
+            self.checked = Instant::now();
+        }
+        match &mut self.file {
+            Some((f, _)) => f.write_all(batch),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Opens (creating) a log file for appending, readable by its owner and group.
+pub fn open(path: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().append(true).create(true).mode(0o640).open(path)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `,"key":"value"` if there is a value.
+fn field(buf: &mut Vec<u8>, key: &str, value: Option<&[u8]>) {
+    if let Some(v) = value {
+        buf.extend_from_slice(b",\"");
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(b"\":");
+        string(buf, v);
+    }
+}
+
+/// `bytes` as a JSON string: UTF-8 kept, control characters escaped, bytes
+/// that are not UTF-8 (obs-text in a header) replaced by U+FFFD.
+fn string(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.push(b'"');
+    if bytes.iter().all(|&b| PLAIN[usize::from(b)]) {
+        buf.extend_from_slice(bytes);
+    } else {
+        for chunk in bytes.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '"' => buf.extend_from_slice(b"\\\""),
+                    '\\' => buf.extend_from_slice(b"\\\\"),
+                    '\n' => buf.extend_from_slice(b"\\n"),
+                    '\r' => buf.extend_from_slice(b"\\r"),
+                    '\t' => buf.extend_from_slice(b"\\t"),
+                    c if c < ' ' || c == '\u{7f}' => {
+                        let _ = write!(buf, "\\u{:04x}", c as u32);
+                    }
+                    c => buf.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                }
+            }
+            if !chunk.invalid().is_empty() {
+                buf.extend_from_slice(b"\\ufffd");
+            }
+        }
+    }
+    buf.push(b'"');
+}
+
+/// Bytes a JSON string holds as they are: printable ASCII but `"` and `\`.
+static PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        t[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    t
+};
+
+/// `t` as RFC 3339 UTC with milliseconds (`2026-11-29T21:04:05.123Z`); the
+/// part up to the second is formatted once a second per thread.
+fn rfc3339(t: SystemTime, buf: &mut Vec<u8>) {
+    thread_local! {
+        static SECOND: std::cell::Cell<(u64, [u8; 20])> = const { std::cell::Cell::new((u64::MAX, [0; 20])) };
+    }
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let (secs, ms) = (d.as_secs(), d.subsec_millis());
+    let (cached, text) = SECOND.get();
+    if cached == secs {
+        buf.extend_from_slice(&text);
+    } else {
+        let start = buf.len();
+        up_to_second(secs, buf);
+        if let Ok(text) = <[u8; 20]>::try_from(&buf[start..]) {
+            SECOND.set((secs, text));
+        }
+    }
+    buf.push(b'.');
+    padded(buf, u64::from(ms), 3);
+    buf.push(b'Z');
+}
+
+/// `2026-11-29T21:04:05` (20 bytes for years 0000–9999).
+fn up_to_second(secs: u64, buf: &mut Vec<u8>) {
+    let (days, sod) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // (Days since 1970 are never negative here: the casts keep the value.)
+    padded(buf, year as u64, 4);
+    for (sep, n) in [(b'-', month as u64), (b'-', day as u64), (b'T', sod / 3600), (b':', sod / 60 % 60), (b':', sod % 60)] {
+        buf.push(sep);
+        padded(buf, n, 2);
+    }
+}
+
+fn num(buf: &mut Vec<u8>, n: u64) {
+    buf.extend_from_slice(crate::h1::itoa(n, &mut [0; 20]));
+}
+
+/// `n` in decimal, zero-padded to `width` digits.
+fn padded(buf: &mut Vec<u8>, n: u64, width: usize) {
+    let mut b = [0; 20];
+    let digits = crate::h1::itoa(n, &mut b);
+    buf.resize(buf.len() + width.saturating_sub(digits.len()), b'0');
+    buf.extend_from_slice(digits);
+}
+
+fn ip(buf: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(a) => {
+            for (i, octet) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                num(buf, u64::from(octet));
+            }
+        }
+        // (`write!` into a Vec cannot fail.)
+        IpAddr::V6(a) => {
+            let _ = write!(buf, "{a}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn time(secs: u64, ms: u64) -> String {
+        let mut b = Vec::new();
+        rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(secs * 1000 + ms), &mut b);
+        String::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(time(0, 0), "1970-01-01T00:00:00.000Z");
+        // The same second again: from the thread's copy.
+        assert_eq!(time(0, 999), "1970-01-01T00:00:00.999Z");
+        // `date -u -d @951782400`: a leap day of a century leap year.
+        assert_eq!(time(951_782_400, 7), "2000-02-29T00:00:00.007Z");
+        assert_eq!(time(1_795_993_445, 123), "2026-11-29T23:04:05.123Z");
+        assert_eq!(time(4_107_542_399, 999), "2100-02-28T23:59:59.999Z");
+        assert_eq!(time(4_107_542_400, 0), "2100-03-01T00:00:00.000Z");
+    }
+
+    fn json(bytes: &[u8]) -> String {
+        let mut b = Vec::new();
+        string(&mut b, bytes);
+        String::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn strings_are_valid_json_whatever_the_client_sent() {
+        assert_eq!(json(b"/a?b=c"), r#""/a?b=c""#);
+        assert_eq!(json(b"say \"hi\" \\ now\x01\x7f"), r#""say \"hi\" \\ now\u0001\u007f""#);
+        assert_eq!(json("Grüße".as_bytes()), "\"Grüße\"");
+        assert_eq!(json(b"caf\xe9 ok"), r#""caf\ufffd ok""#);
+        for raw in [&b"\xff\xfe\"\n"[..], b"\\u0022", "\u{2028}".as_bytes()] {
+            let parsed: String = serde_json::from_str(&json(raw)).unwrap();
+            assert_eq!(parsed, String::from_utf8_lossy(raw));
+        }
+    }
+
+    fn log_to(path: &std::path::Path) -> (AccessLog, Counter) {
+        let dropped = Counter::default();
+        let log = AccessLog::new(dropped.clone());
+        log.set(&Dest::File(path.to_path_buf()));
+        (log, dropped)
+    }
+
+    fn request(uri: &str, ua: &[u8]) -> http::Request<()> {
+        http::Request::builder().uri(uri).header("host", "nlp.localhost").header("user-agent", ua).body(()).unwrap()
+    }
+
+    fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_line_holds_the_request_and_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let (log, _) = log_to(&path);
+        let started = Instant::now();
+        let rid = HeaderValue::from_static("r-1");
+        let mut line = log.begin("203.0.113.9".parse().unwrap(), &request("/q?x=1&y=%22", b"curl \"x\" \xe9"), &rid, started).unwrap();
+        line.solution("nlp");
+        let mut resp = Response::new(());
+        *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        resp.extensions_mut().insert(Reason("hold_timeout"));
+        resp.extensions_mut().insert(Upstream("127.0.0.1:4000".parse().unwrap()));
+        let mut answered = line.answered(&resp);
+        answered.frame::<()>(&Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"12345")))));
+        answered.frame::<()>(&None);
+        answered.finish(false);
+        drop(Unanswered(log.begin("::1".parse().unwrap(), &request("/held", b"x"), &rid, started)));
+        let mut v6 = Response::new(());
+        v6.extensions_mut().insert(Upstream("[fd00::7]:8080".parse().unwrap()));
+        log.begin("::1".parse().unwrap(), &request("/v6", b"x"), &rid, started).unwrap().answered(&v6).finish(true);
+        log.flush();
+        let got = lines(&path);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!((got[2]["upstream"].as_str(), got[2]["completed"].as_bool()), (Some("[fd00::7]:8080"), Some(true)));
+        let a = &got[0];
+        for (key, want) in [
+            ("request_id", "r-1"),
+            ("client", "203.0.113.9"),
+            ("method", "GET"),
+            ("host", "nlp.localhost"),
+            ("uri", "/q?x=1&y=%22"),
+            ("protocol", "HTTP/1.1"),
+            ("user_agent", "curl \"x\" \u{fffd}"),
+            ("solution", "nlp"),
+            ("upstream", "127.0.0.1:4000"),
+            ("reason", "hold_timeout"),
+        ] {
+            assert_eq!(a[key], want, "{key} in {a}");
+        }
+        assert_eq!((a["status"].as_u64(), a["bytes"].as_u64(), a["completed"].as_bool()), (Some(503), Some(5), Some(true)), "{a}");
+        assert!(a["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{a}");
+        assert!(a["time"].as_str().is_some_and(|t| t.len() == 24 && t.ends_with('Z')), "{a}");
+        let b = &got[1];
+        assert_eq!((b["status"].as_u64(), b["reason"].as_str(), b["completed"].as_bool()), (Some(499), Some("client_closed"), Some(false)));
+        assert_eq!(b["client"], "::1");
+    }
+
+    #[test]
+    fn a_rotated_file_is_opened_again_and_off_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let (log, _) = log_to(&path);
+        let rid = HeaderValue::from_static("r");
+        let one = |uri: &str| drop(Unanswered(log.begin("127.0.0.1".parse().unwrap(), &request(uri, b"x"), &rid, Instant::now())));
+        one("/first");
+        log.flush();
+        std::fs::rename(&path, dir.path().join("access.log.1")).unwrap();
+        // The path is looked at again a second after the file was opened.
+        std::thread::sleep(REOPEN_CHECK);
+        one("/second");
+        log.flush();
+        assert_eq!(lines(&dir.path().join("access.log.1"))[0]["uri"], "/first");
+        assert_eq!(lines(&path)[0]["uri"], "/second");
+        log.set(&Dest::Off);
+        assert!(log.begin("127.0.0.1".parse().unwrap(), &request("/x", b"x"), &rid, Instant::now()).is_none());
+    }
+
+    #[test]
+    fn lines_beyond_the_buffer_are_dropped_and_counted() {
+        let dropped = Counter::default();
+        let log = AccessLog::new(dropped.clone());
+        // Not started: nothing takes the lines out.
+        log.shared.on.store(true, Ordering::Relaxed);
+        let rid = HeaderValue::from_static("r");
+        let long = "/".repeat(4096);
+        let n = MAX_BUFFERED / 4096 + 10;
+        for _ in 0..n {
+            drop(Unanswered(log.begin("127.0.0.1".parse().unwrap(), &request(&long, b"x"), &rid, Instant::now())));
+        }
+        assert!(lock(&log.shared.state).buf.len() <= MAX_BUFFERED);
+        assert!(dropped.get() >= 10, "{}", dropped.get());
+        assert_eq!(lock(&log.shared.state).dropped, dropped.get());
+    }
+}
