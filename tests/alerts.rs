@@ -45,7 +45,7 @@ fn the_alert_rules_load_in_prometheus() {
     let dir = tempfile::tempdir().expect("a scratch directory");
     let rules = rule_file(dir.path(), true);
     let out = promtool(&["check", "rules", rules.to_str().expect("a UTF-8 path")], dir.path());
-    assert!(out.contains("SUCCESS: 11 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 12 rules found"), "{out}");
 }
 
 /// Series as the gateway and scaler export them, labelled as the
@@ -113,6 +113,23 @@ tests:
         alertname: WakegateConfigRefused
         exp_alerts:
           - exp_labels: {severity: warning, namespace: wakegate, pod: gw-0}
+
+  # Registered at 0 when the gateway starts.
+  - interval: 1m
+    input_series:
+      - series: 'wakegate_access_log_dropped_lines_total{namespace="wakegate", pod="gw-0"}'
+        values: '0 0 0 120x30'
+      - series: 'wakegate_access_log_dropped_lines_total{namespace="wakegate", pod="gw-1"}'
+        values: '0x33'
+    alert_rule_test:
+      - eval_time: 2m
+        alertname: WakegateAccessLogLinesDropped
+      - eval_time: 5m
+        alertname: WakegateAccessLogLinesDropped
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: wakegate, pod: gw-0}
+      - eval_time: 25m
+        alertname: WakegateAccessLogLinesDropped
 
   # The gateway makes these series at 0 with the solution (gateway/src/metrics.rs).
   - interval: 1m

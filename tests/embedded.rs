@@ -349,8 +349,9 @@ async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     assert_eq!((l["status"].as_u64(), l["bytes"].as_u64(), l["completed"].as_bool()), (Some(200), Some(15), Some(true)), "{l}");
     assert!(l["upstream"].as_str().is_some_and(|u| u.starts_with("127.0.0.1:")), "{l}");
     assert!(l.get("reason").is_none(), "{l}");
-    // It was held while `app` started: the duration says so.
-    assert!(l["duration_ms"].as_f64().is_some_and(|d| d > 1.0), "{l}");
+    // It was held while `app` started: the duration and the wait say so.
+    let wait = l["wait_ms"].as_u64().unwrap_or_else(|| panic!("a held request's line has wait_ms: {l}"));
+    assert!(l["duration_ms"].as_f64().is_some_and(|d| d >= wait as f64 && d > 1.0), "{l}");
 
     let l = by_id(unknown.header("x-request-id"));
     assert_eq!((l["status"].as_u64(), l["reason"].as_str()), (Some(404), Some("unknown_host")), "{l}");
@@ -362,6 +363,7 @@ async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     assert_eq!(l["solution"], "slow");
     let l = by_id(&h2_id);
     assert_eq!((l["status"].as_u64(), l["protocol"].as_str(), l["bytes"].as_u64()), (Some(200), Some("HTTP/2.0"), Some(15)), "{l}");
+    assert!(l.get("wait_ms").is_none(), "app was ready: {l}");
 
     // Off, live: no more lines.
     let reloads = |n: f64| {

@@ -30,6 +30,13 @@ use http::{HeaderMap, HeaderValue, Method, Response, Uri, Version, header};
 use prometheus_client::metrics::counter::Counter;
 use proto::settings::AccessLog as Dest;
 
+/// Whether any access log is on: what the gateway answers itself carries its
+/// [`Reason`] only then (an extension costs allocations).
+static RECORDING: AtomicBool = AtomicBool::new(false);
+
+/// Every access log of the process, for [`flush_all`].
+static LOGS: Mutex<Vec<std::sync::Weak<Shared>>> = Mutex::new(Vec::new());
+
 /// Lines waiting to be written, at most; more are dropped (and counted).
 const MAX_BUFFERED: usize = 4 << 20;
 /// The writer waits this long after the first line of a batch: under load it
@@ -37,8 +44,15 @@ const MAX_BUFFERED: usize = 4 << 20;
 const BATCH_DELAY: Duration = Duration::from_millis(10);
 /// How often a log file's path is checked for a rotation.
 const REOPEN_CHECK: Duration = Duration::from_secs(1);
-/// Bytes of a header value (user agent, referer) kept in a line.
+/// Bytes of a header value (user agent, referer) or a host kept in a line.
 const MAX_FIELD: usize = 512;
+/// Bytes of a request target kept in a line (one client's long targets
+/// must not crowd out everyone else's lines).
+const MAX_URI: usize = 4096;
+/// Longest wait for the last lines at exit.
+pub const FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// A batch buffer keeps at most this much capacity between batches.
+const KEEP_CAPACITY: usize = 1 << 20;
 
 /// The gateway's access log.
 pub struct AccessLog {
@@ -75,23 +89,58 @@ pub struct Reason(pub &'static str);
 #[derive(Debug, Clone, Copy)]
 pub struct Upstream(pub SocketAddr);
 
+/// How long a request was held for its solution's wake-up, in milliseconds
+/// (a response extension, set while the log is on).
+#[derive(Debug, Clone, Copy)]
+pub struct Waited(pub u64);
+
+/// Whether an access log is on (see [`RECORDING`]).
+pub fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
+}
+
+/// `resp` with `reason` noted for the access log, while one is on.
+pub fn with_reason<B>(mut resp: Response<B>, reason: &'static str) -> Response<B> {
+    if recording() {
+        resp.extensions_mut().insert(Reason(reason));
+    }
+    resp
+}
+
+/// Writes every line logged so far, of every access log, waiting at most
+/// `wait` for an output that does not take them (a full pipe).
+pub fn flush_all(wait: Duration) {
+    let logs: Vec<Arc<Shared>> = lock(&LOGS).iter().filter_map(std::sync::Weak::upgrade).collect();
+    if logs.is_empty() {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let flushing = std::thread::Builder::new().name("access-log-flush".into()).spawn(move || {
+        for log in &logs {
+            drain(log);
+        }
+        let _ = tx.send(());
+    });
+    if flushing.is_ok() && rx.recv_timeout(wait).is_err() {
+        tracing::warn!("access log: the last lines were not taken within {wait:?}");
+    }
+}
+
 impl AccessLog {
     /// An access log writing nowhere until [`AccessLog::set`].
     pub fn new(dropped: Counter) -> Self {
         let state = State { buf: Vec::new(), dest: Dest::Off, generation: 0, waiting: false, started: false, dropped: 0 };
-        let out = Output { dest: Dest::Off, generation: 0, file: None, checked: Instant::now(), failing: false };
-        Self {
-            shared: Arc::new(Shared {
-                on: AtomicBool::new(false),
-                state: Mutex::new(state),
-                wake: Condvar::new(),
-                out: Mutex::new(out),
-                dropped,
-            }),
-        }
+        let out = Output { dest: Dest::Off, generation: 0, file: None, checked: Instant::now(), failing: false, spare: Vec::new() };
+        let shared =
+            Arc::new(Shared { on: AtomicBool::new(false), state: Mutex::new(state), wake: Condvar::new(), out: Mutex::new(out), dropped });
+        let mut logs = lock(&LOGS);
+        logs.retain(|l| l.strong_count() > 0);
+        logs.push(Arc::downgrade(&shared));
+        Self { shared }
     }
 
-    /// Writes to `dest` from now on; its thread starts with the first destination.
+    /// Writes to `dest` from now on. Its thread runs while the log is on
+    /// (it ends once the log is off and every line is out).
     pub fn set(&self, dest: &Dest) {
         let mut st = lock(&self.shared.state);
         if st.dest != *dest {
@@ -99,6 +148,10 @@ impl AccessLog {
             st.generation += 1;
         }
         let on = *dest != Dest::Off;
+        if !on && st.waiting {
+            st.waiting = false;
+            self.shared.wake.notify_one();
+        }
         if on && !st.started {
             let shared = self.shared.clone();
             match std::thread::Builder::new().name("access-log".into()).spawn(move || write_loop(&shared)) {
@@ -110,6 +163,9 @@ impl AccessLog {
             }
         }
         self.shared.on.store(on, Ordering::Relaxed);
+        if on {
+            RECORDING.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether requests are logged now.
@@ -122,11 +178,6 @@ impl AccessLog {
         self.is_on().then(|| {
             Box::new(Line::begin(self.shared.clone(), client, req.method(), req.uri(), req.version(), req.headers(), rid, started))
         })
-    }
-
-    /// Writes every line logged so far (at shutdown).
-    pub fn flush(&self) {
-        drain(&self.shared);
     }
 }
 
@@ -142,6 +193,8 @@ pub fn answered<B>(resp: &mut Response<B>) -> Option<Box<Answered>> {
 pub struct Line {
     buf: Vec<u8>,
     started: Instant,
+    /// A HEAD request: its answer has no body.
+    head: bool,
     log: Arc<Shared>,
 }
 
@@ -167,9 +220,9 @@ impl Line {
         buf.extend_from_slice(b"\",\"method\":");
         string(&mut buf, method.as_str().as_bytes());
         let host = uri.authority().map(|a| a.as_str().as_bytes()).or_else(|| headers.get(header::HOST).map(HeaderValue::as_bytes));
-        field(&mut buf, "host", host);
+        field(&mut buf, "host", host.map(|h| cut(h, MAX_FIELD)));
         buf.extend_from_slice(b",\"uri\":");
-        string(&mut buf, uri.path_and_query().map_or(b"/", |p| p.as_str().as_bytes()));
+        string(&mut buf, cut(uri.path_and_query().map_or(b"/", |p| p.as_str().as_bytes()), MAX_URI));
         buf.extend_from_slice(match version {
             Version::HTTP_09 => b",\"protocol\":\"HTTP/0.9\"",
             Version::HTTP_10 => b",\"protocol\":\"HTTP/1.0\"",
@@ -179,10 +232,10 @@ impl Line {
         });
         for (key, name) in [("user_agent", header::USER_AGENT), ("referer", header::REFERER)] {
             if let Some(v) = headers.get(name) {
-                field(&mut buf, key, Some(&v.as_bytes()[..v.len().min(MAX_FIELD)]));
+                field(&mut buf, key, Some(cut(v.as_bytes(), MAX_FIELD)));
             }
         }
-        Line { buf, started, log }
+        Line { buf, started, head: *method == Method::HEAD, log }
     }
 
     /// Notes the solution the request is for.
@@ -193,17 +246,22 @@ impl Line {
     /// The answer's part of the line, kept with the response body until its end.
     pub fn answered<B>(self, resp: &Response<B>) -> Box<Answered> {
         let ext = resp.extensions();
+        let status = resp.status();
+        // Nothing to send: complete once the head is out.
+        let bodyless = self.head || status.is_informational() || status.as_u16() == 204 || status.as_u16() == 304;
         Box::new(Answered {
             line: Some(self),
-            status: resp.status().as_u16(),
+            status: status.as_u16(),
             reason: ext.get::<Reason>().map(|r| r.0),
             upstream: ext.get::<Upstream>().map(|u| u.0),
+            waited: ext.get::<Waited>().map(|w| w.0),
             bytes: 0,
-            ended: false,
+            ended: bodyless,
+            failed: false,
         })
     }
 
-    fn finish(mut self, status: u16, bytes: u64, completed: bool, reason: Option<&str>, upstream: Option<SocketAddr>) {
+    fn finish(mut self, status: u16, bytes: u64, completed: bool, reason: Option<&str>, upstream: Option<SocketAddr>, waited: Option<u64>) {
         // Formatted by hand: `write!` would be most of the line's cost.
         let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let buf = &mut self.buf;
@@ -229,6 +287,10 @@ impl Line {
             num(buf, u64::from(u.port()));
             buf.push(b'"');
         }
+        if let Some(ms) = waited {
+            buf.extend_from_slice(b",\"wait_ms\":");
+            num(buf, ms);
+        }
         field(buf, "reason", reason.map(str::as_bytes));
         buf.extend_from_slice(if completed { b",\"completed\":true}\n" } else { b",\"completed\":false}\n" });
         push(&self.log, buf);
@@ -242,8 +304,11 @@ pub struct Answered {
     status: u16,
     reason: Option<&'static str>,
     upstream: Option<SocketAddr>,
+    waited: Option<u64>,
     bytes: u64,
     ended: bool,
+    /// Writing the answer to the client failed.
+    failed: bool,
 }
 
 impl Answered {
@@ -256,10 +321,16 @@ impl Answered {
         }
     }
 
+    /// The answer did not reach the client whole (a write to it failed).
+    pub fn cut(&mut self) {
+        self.failed = true;
+    }
+
     /// Writes the line; `end_stream` if the body had nothing more to send.
     pub fn finish(&mut self, end_stream: bool) {
         if let Some(line) = self.line.take() {
-            line.finish(self.status, self.bytes, self.ended || end_stream, self.reason, self.upstream);
+            let completed = !self.failed && (self.ended || end_stream);
+            line.finish(self.status, self.bytes, completed, self.reason, self.upstream, self.waited);
         }
     }
 }
@@ -271,13 +342,17 @@ pub struct Unanswered(pub Option<Box<Line>>);
 impl Drop for Unanswered {
     fn drop(&mut self) {
         if let Some(line) = self.0.take() {
-            line.finish(499, 0, false, Some("client_closed"), None);
+            line.finish(499, 0, false, Some("client_closed"), None, None);
         }
     }
 }
 
 fn push(log: &Shared, line: &[u8]) {
     let mut st = lock(&log.state);
+    if st.dest == Dest::Off {
+        // Begun before the log was turned off.
+        return;
+    }
     if st.buf.len() + line.len() > MAX_BUFFERED {
         st.dropped += 1;
         drop(st);
@@ -297,6 +372,10 @@ fn write_loop(log: &Shared) {
         {
             let mut st = lock(&log.state);
             while st.buf.is_empty() {
+                if st.dest == Dest::Off {
+                    st.started = false;
+                    return;
+                }
                 st.waiting = true;
                 st = log.wake.wait(st).unwrap_or_else(|p| p.into_inner());
             }
@@ -317,14 +396,21 @@ fn drain(log: &Shared) {
             out.file = None;
             out.failing = false;
         }
-        (std::mem::take(&mut st.buf), std::mem::take(&mut st.dropped))
+        // The buffer written last time takes the place of this one: no
+        // buffer regrows from nothing while requests wait for the lock.
+        let spare = std::mem::take(&mut out.spare);
+        (std::mem::replace(&mut st.buf, spare), std::mem::take(&mut st.dropped))
     };
     if dropped > 0 {
         tracing::warn!("access log: {dropped} lines dropped: {} did not take them as fast as they came", out.dest_name());
     }
+    let mut batch = batch;
     if !batch.is_empty() {
         out.write(&batch, &log.dropped);
     }
+    batch.clear();
+    batch.shrink_to(KEEP_CAPACITY);
+    out.spare = batch;
 }
 
 /// The writer's side: the destination, and the file while one is open.
@@ -336,6 +422,8 @@ struct Output {
     checked: Instant,
     /// The last write failed (said once, until one works again).
     failing: bool,
+    /// The last batch's buffer, emptied, for the next.
+    spare: Vec<u8>,
 }
 
 impl Output {
@@ -409,6 +497,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `bytes`, at most `max` of them.
+fn cut(bytes: &[u8], max: usize) -> &[u8] {
+    &bytes[..bytes.len().min(max)]
+}
+
 /// `,"key":"value"` if there is a value.
 fn field(buf: &mut Vec<u8>, key: &str, value: Option<&[u8]>) {
     if let Some(v) = value {
@@ -459,12 +552,14 @@ static PLAIN: [bool; 256] = {
     t
 };
 
+thread_local! {
+    /// The last second formatted on this thread, and its text.
+    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
 /// `t` as RFC 3339 UTC with milliseconds (`2026-11-29T21:04:05.123Z`); the
 /// part up to the second is formatted once a second per thread.
 fn rfc3339(t: SystemTime, buf: &mut Vec<u8>) {
-    thread_local! {
-        static SECOND: std::cell::Cell<(u64, [u8; 20])> = const { std::cell::Cell::new((u64::MAX, [0; 20])) };
-    }
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let (secs, ms) = (d.as_secs(), d.subsec_millis());
     let (cached, text) = SECOND.get();
@@ -473,7 +568,7 @@ fn rfc3339(t: SystemTime, buf: &mut Vec<u8>) {
     } else {
         let start = buf.len();
         up_to_second(secs, buf);
-        if let Ok(text) = <[u8; 20]>::try_from(&buf[start..]) {
+        if let Ok(text) = <[u8; 19]>::try_from(&buf[start..]) {
             SECOND.set((secs, text));
         }
     }
@@ -482,7 +577,7 @@ fn rfc3339(t: SystemTime, buf: &mut Vec<u8>) {
     buf.push(b'Z');
 }
 
-/// `2026-11-29T21:04:05` (20 bytes for years 0000–9999).
+/// `2026-11-29T21:04:05` (19 bytes for years 0000–9999).
 fn up_to_second(secs: u64, buf: &mut Vec<u8>) {
     let (days, sod) = ((secs / 86_400) as i64, secs % 86_400);
     // Howard Hinnant's civil_from_days.
@@ -547,6 +642,7 @@ mod tests {
     fn times_are_rfc3339_utc_with_milliseconds() {
         assert_eq!(time(0, 0), "1970-01-01T00:00:00.000Z");
         // The same second again: from the thread's copy.
+        assert_eq!(SECOND.get().0, 0, "the second is kept");
         assert_eq!(time(0, 999), "1970-01-01T00:00:00.999Z");
         // `date -u -d @951782400`: a leap day of a century leap year.
         assert_eq!(time(951_782_400, 7), "2000-02-29T00:00:00.007Z");
@@ -636,6 +732,68 @@ mod tests {
         assert_eq!(b["client"], "::1");
     }
 
+    impl AccessLog {
+        fn flush(&self) {
+            drain(&self.shared);
+        }
+    }
+
+    #[test]
+    fn completed_means_the_whole_answer_reached_the_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let (log, _) = log_to(&path);
+        let rid = HeaderValue::from_static("r");
+        let now = Instant::now();
+        let line = |method: &str, uri: &str| {
+            let req = http::Request::builder().method(method).uri(uri).header("host", "h").body(()).unwrap();
+            log.begin("127.0.0.1".parse().unwrap(), &req, &rid, now).unwrap()
+        };
+        // A HEAD answer and a 204 have no body to wait for.
+        line("HEAD", "/head").answered(&Response::new(())).finish(false);
+        let mut no_content = Response::new(());
+        *no_content.status_mut() = http::StatusCode::NO_CONTENT;
+        line("DELETE", "/204").answered(&no_content).finish(false);
+        // A body read to its end whose write to the client failed.
+        let mut cut = line("GET", "/cut").answered(&Response::new(()));
+        cut.frame::<()>(&Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"abc")))));
+        cut.frame::<()>(&None);
+        cut.cut();
+        cut.finish(true);
+        // A body that stopped before its end.
+        let mut short = line("GET", "/short").answered(&Response::new(()));
+        short.frame::<()>(&Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"abc")))));
+        short.finish(false);
+        // One client's long target is cut, not the whole buffer's worth.
+        line("GET", &format!("/{}", "a".repeat(3 * MAX_URI))).answered(&Response::new(())).finish(true);
+        log.flush();
+        let got = lines(&path);
+        let completed: Vec<_> = got.iter().map(|l| (l["uri"].as_str().unwrap_or("").len().min(99), l["completed"].as_bool())).collect();
+        assert_eq!(completed[..4], [(5, Some(true)), (4, Some(true)), (4, Some(false)), (6, Some(false))], "{got:?}");
+        assert_eq!(got[4]["uri"].as_str().map(str::len), Some(MAX_URI));
+        assert_eq!((got[4]["status"].as_u64(), got[4]["completed"].as_bool()), (Some(200), Some(true)));
+    }
+
+    #[test]
+    fn the_thread_ends_when_the_log_is_turned_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = log_to(&dir.path().join("access.log"));
+        assert!(lock(&log.shared.state).started);
+        let rid = HeaderValue::from_static("r");
+        let begun = log.begin("127.0.0.1".parse().unwrap(), &request("/late", b"x"), &rid, Instant::now());
+        log.set(&Dest::Off);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&log.shared.state).started && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!lock(&log.shared.state).started, "the writer thread is still there");
+        // A line begun before is not kept for a later destination.
+        drop(Unanswered(begun));
+        assert!(lock(&log.shared.state).buf.is_empty());
+        log.set(&Dest::File(dir.path().join("again.log")));
+        assert!(lock(&log.shared.state).started, "on again: a new thread");
+    }
+
     #[test]
     fn a_rotated_file_is_opened_again_and_off_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -660,7 +818,8 @@ mod tests {
     fn lines_beyond_the_buffer_are_dropped_and_counted() {
         let dropped = Counter::default();
         let log = AccessLog::new(dropped.clone());
-        // Not started: nothing takes the lines out.
+        // On, but no thread started: nothing takes the lines out.
+        lock(&log.shared.state).dest = Dest::Stdout;
         log.shared.on.store(true, Ordering::Relaxed);
         let rid = HeaderValue::from_static("r");
         let long = "/".repeat(4096);

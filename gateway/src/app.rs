@@ -144,7 +144,7 @@ pub async fn run(
     }
     tracing::info!("stopping solutions");
     orchestrator.shutdown().await;
-    gw.access.flush();
+    crate::access_log::flush_all(crate::access_log::FLUSH_WAIT);
     tracing::info!("bye");
     Ok(())
 }

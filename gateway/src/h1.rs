@@ -340,6 +340,27 @@ where
     I: AsyncWrite + Unpin,
 {
     let (parts, mut body) = resp.into_parts();
+    let written = write_answer(io, out, &parts, &mut body, meta, closing).await;
+    // The access log says what reached the client, not what was read.
+    if written.is_err()
+        && let Some(log) = &mut body.log
+    {
+        log.cut();
+    }
+    written
+}
+
+async fn write_answer<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    body: &mut Tracked,
+    meta: Meta,
+    closing: bool,
+) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
     let status = parts.status;
     let headers = &parts.headers;
     // A solution's head passed on as it came: the map holds only what the
@@ -436,7 +457,7 @@ where
     loop {
         // Frames ready now join what is waiting to be written; the rest is
         // written before waiting for more (a live stream is never held back).
-        let next = match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).now_or_never() {
+        let next = match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).now_or_never() {
             Some(next) => next,
             None => {
                 if !out.is_empty() {
@@ -444,7 +465,7 @@ where
                     io.flush().await?;
                     out.clear();
                 }
-                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
             }
         };
         let frame = match next {

@@ -130,6 +130,9 @@ fn gateway(args: wakegate::cluster::Args) -> ExitCode {
         let stop_now = async { signalled().await };
         wakegate::cluster::run(args, stop, stop_now).await
     });
+    // Connections still open are dropped with the runtime: their lines last.
+    drop(rt);
+    wakegate::access_log::flush_all(wakegate::access_log::FLUSH_WAIT);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -235,6 +238,9 @@ fn run(path: PathBuf) -> ExitCode {
         let stop_now = async { signalled().await };
         wakegate::app::run(path, loaded, stop, stop_now).await
     });
+    // Connections still open are dropped with the runtime: their lines last.
+    drop(runtime);
+    wakegate::access_log::flush_all(wakegate::access_log::FLUSH_WAIT);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -101,9 +101,8 @@ fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Re
         if let Ok(location) = HeaderValue::from_str(&format!("https://{name}{port}{target}")) {
             let mut r = Response::new(Body::full("this site is served over HTTPS\n"));
             *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
-            r.extensions_mut().insert(access_log::Reason("https_redirect"));
             r.headers_mut().insert(header::LOCATION, location);
-            return Err(Box::new(r));
+            return Err(Box::new(access_log::with_reason(r, "https_redirect")));
         }
     }
     if let (Some(info), Some(h)) = (info, host_str)
@@ -337,13 +336,18 @@ fn forward(
         let (reply_headers, rid) = (f.accept.as_ref(), &f.rid);
         let deadline = f.started + settings.hold_timeout;
         let mut held: Option<Activity<'_>> = None;
+        // Milliseconds the request was held for a wake-up (access log).
+        let mut waited: Option<u32> = None;
         let mut changes = None;
         loop {
             let state = sol.handle.cell.load();
             if state.phase == Phase::Ready
                 && let Some(ep) = sol.pick(&state.endpoints, &gw.pools)
             {
-                drop(held.take());
+                if let Some(h) = held.take() {
+                    drop(h);
+                    waited = Some(u32::try_from(f.started.elapsed().as_millis()).unwrap_or(u32::MAX));
+                }
                 let activity = OwnedActivity::in_flight(sol.clone());
                 // Counted in flight first, then the phase checked again: a
                 // scale-down marks the solution stopping, then checks that
@@ -360,7 +364,8 @@ fn forward(
                     // for every request, held ones too; no allocation per request).
                     let Ok(permit) = tokio::time::timeout_at(until, upstream::permit(&ep)).await else {
                         upstream::abort(&ep);
-                        return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
+                        let resp = upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
+                        return with_upstream(&gw, ep.addr, waited, resp);
                     };
                     // Why the request did not reach the solution: then it is
                     // sent again (another endpoint, a new connection) or held.
@@ -369,23 +374,25 @@ fn forward(
                         let sending = direct::send(&ep, &f.req, added, settings.upstream_connect_timeout);
                         match tokio::time::timeout_at(until, sending).await {
                             Ok(Ok(answer)) => {
-                                return with_upstream(&gw, ep.addr, respond_direct(ep, answer, permit, activity, f.started));
+                                return with_upstream(&gw, ep.addr, waited, respond_direct(ep, answer, permit, activity, f.started));
                             }
                             Ok(Err(direct::Error::NotSent(why))) => why,
                             Ok(Err(direct::Error::Failed(why))) => {
                                 upstream::abort(&ep);
-                                return refuse(sol, upstream_failed(sol, &why), reply_headers, rid);
+                                let resp = refuse(sol, upstream_failed(sol, &why), reply_headers, rid);
+                                return with_upstream(&gw, ep.addr, waited, resp);
                             }
                             Err(_) => {
                                 upstream::abort(&ep);
-                                return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
+                                let resp = upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
+                                return with_upstream(&gw, ep.addr, waited, resp);
                             }
                         }
                     } else {
                         let sending = upstream::send(&ep, f.req, settings.upstream_connect_timeout, permit);
                         match Box::pin(tokio::time::timeout_at(until, sending)).await {
                             Ok(Ok(sent)) => {
-                                return with_upstream(&gw, ep.addr, respond(ep, sent, activity, f.client_upgrade, f.started));
+                                return with_upstream(&gw, ep.addr, waited, respond(ep, sent, activity, f.client_upgrade, f.started));
                             }
                             Ok(Err(SendError::NotSent(r, why))) => {
                                 f.req = *r;
@@ -393,11 +400,13 @@ fn forward(
                             }
                             Ok(Err(SendError::Failed(e))) => {
                                 upstream::abort(&ep);
-                                return refuse(sol, classify(sol, &e), reply_headers, rid);
+                                let resp = refuse(sol, classify(sol, &e), reply_headers, rid);
+                                return with_upstream(&gw, ep.addr, waited, resp);
                             }
                             Err(_) => {
                                 upstream::abort(&ep);
-                                return upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
+                                let resp = upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
+                                return with_upstream(&gw, ep.addr, waited, resp);
                             }
                         }
                     };
@@ -463,10 +472,14 @@ fn forward(
     }
 }
 
-/// Names the endpoint that answered, for the access log (while it is on).
-fn with_upstream(gw: &Gateway, addr: SocketAddr, mut resp: Response<Body>) -> Response<Body> {
+/// Names the endpoint that answered (or failed to), and how long the request
+/// was held for a wake-up, for the access log (while it is on).
+fn with_upstream(gw: &Gateway, addr: SocketAddr, waited: Option<u32>, mut resp: Response<Body>) -> Response<Body> {
     if gw.access.is_on() {
         resp.extensions_mut().insert(access_log::Upstream(addr));
+        if let Some(ms) = waited {
+            resp.extensions_mut().insert(access_log::Waited(u64::from(ms)));
+        }
     }
     resp
 }

@@ -72,7 +72,7 @@ impl Refusal {
         };
         let mut resp = Response::new(Body::full(body));
         *resp.status_mut() = self.status;
-        resp.extensions_mut().insert(crate::access_log::Reason(self.reason));
+        let mut resp = crate::access_log::with_reason(resp, self.reason);
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -99,7 +99,7 @@ pub fn page(sol: &SolutionRt, s: &SolutionState) -> Response<Body> {
         PAGE.replace("{{name}}", &name).replace("{{steps}}", &steps).replace("{{status}}", &initial).replace("{{path}}", STATUS_PATH);
     let mut r = Response::new(Body::full(body));
     *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    r.extensions_mut().insert(crate::access_log::Reason("waiting_page"));
+    let mut r = crate::access_log::with_reason(r, "waiting_page");
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

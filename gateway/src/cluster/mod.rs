@@ -244,7 +244,7 @@ pub async fn run_with(
     {
         tracing::warn!("the ACME lease was not released in time");
     }
-    gw.access.flush();
+    crate::access_log::flush_all(crate::access_log::FLUSH_WAIT);
     tracing::info!("bye");
     Ok(())
 }
