@@ -308,7 +308,7 @@ async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     // `slow` takes 30 s to become ready: a browser sees the waiting page, a
     // script is held.
     let solutions = format!("{}{}", testapp_solution("app", "", ""), testapp_solution("slow", "--startup-delay 30", ""));
-    let cfg = |dest: &str| format!("[settings]\naccess-log = \"{dest}\"\n{solutions}");
+    let cfg = |dest: &str| format!("[settings]\naccess-log = \"{dest}\"\nclient-header-timeout = \"1s\"\n{solutions}");
     let wg = Wakegate::start(&cfg("{dir}/access.log"));
     let path = wg.dir.path().join("access.log");
     let a = wg.public;
@@ -328,10 +328,16 @@ async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     let h2 = send.send_request(Request::get("http://app.localhost/hello").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
     let h2_id = h2.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(h2.into_body().collect().await.unwrap().to_bytes(), "hello from app\n");
+    // A head that never ends: 408 from the connection's watchdog, before any request exists.
+    let mut slow = tokio::net::TcpStream::connect(a).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: app.localhost\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+    assert!(answer.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&answer));
 
-    assert!(eventually(Duration::from_secs(5), || async { access_file(&path).len() >= 5 }).await, "{:?}", access_file(&path));
+    assert!(eventually(Duration::from_secs(5), || async { access_file(&path).len() >= 6 }).await, "{:?}", access_file(&path));
     let lines = access_file(&path);
-    assert_eq!(lines.len(), 5, "one line per request: {lines:#?}");
+    assert_eq!(lines.len(), 6, "one line per request: {lines:#?}");
     let by_id = |id: &str| lines.iter().find(|l| l["request_id"] == id).unwrap_or_else(|| panic!("no line for {id}: {lines:#?}"));
     let l = by_id(hello.header("x-request-id"));
     for (key, want) in [
@@ -364,6 +370,9 @@ async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     let l = by_id(&h2_id);
     assert_eq!((l["status"].as_u64(), l["protocol"].as_str(), l["bytes"].as_u64()), (Some(200), Some("HTTP/2.0"), Some(15)), "{l}");
     assert!(l.get("wait_ms").is_none(), "app was ready: {l}");
+    let l = lines.iter().find(|l| l["status"] == 408).unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!((l["reason"].as_str(), l["client"].as_str()), (Some("client_timeout"), Some("127.0.0.1")), "{l}");
+    assert!(l.get("request_id").is_none() && l.get("uri").is_none(), "no request was read: {l}");
 
     // Off, live: no more lines.
     let reloads = |n: f64| {
@@ -390,7 +399,7 @@ async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     );
     wg.get("app", "/hello").await;
     assert!(eventually(Duration::from_secs(5), || async { access_file(&second).len() == 2 }).await);
-    assert_eq!(access_file(&path).len(), 5, "nothing was logged while the log was off or elsewhere");
+    assert_eq!(access_file(&path).len(), 6, "nothing was logged while the log was off or elsewhere");
     assert_eq!(metric(&wg.metrics().await, "wakegate_access_log_dropped_lines_total"), Some(0.0));
 }
 

@@ -188,6 +188,28 @@ pub fn answered<B>(resp: &mut Response<B>) -> Option<Box<Answered>> {
     Some(line.answered(resp))
 }
 
+impl AccessLog {
+    /// A line for a connection refused before any request was read whole (a
+    /// head too slow, too large or malformed, a connection over the limit):
+    /// no method, target or request id to tell.
+    pub fn refused(&self, client: IpAddr, status: u16, reason: &str) {
+        if !self.is_on() {
+            return;
+        }
+        let mut buf = Vec::with_capacity(128);
+        buf.extend_from_slice(b"{\"time\":\"");
+        rfc3339(SystemTime::now(), &mut buf);
+        buf.extend_from_slice(b"\",\"client\":\"");
+        ip(&mut buf, client);
+        buf.extend_from_slice(b"\",\"status\":");
+        num(&mut buf, u64::from(status));
+        buf.extend_from_slice(b",\"bytes\":0");
+        field(&mut buf, "reason", Some(reason.as_bytes()));
+        buf.extend_from_slice(b",\"completed\":false}\n");
+        push(&self.shared, &buf);
+    }
+}
+
 /// One request's line, until its answer is known.
 #[derive(Clone)]
 pub struct Line {

@@ -176,8 +176,9 @@ impl crate::server::Policy for Gateway {
         }
     }
 
-    fn rejected(&self, reason: &'static str) {
+    fn rejected(&self, reason: &'static str, client: std::net::IpAddr, status: u16) {
         self.metrics.rejected_unrouted(reason);
+        self.access.refused(client, status, reason);
     }
 
     fn handshake_failed(&self, e: &std::io::Error) {

@@ -94,8 +94,10 @@ impl Default for Options {
 pub trait Policy: Send + Sync + 'static {
     /// The options for a new connection.
     fn options(&self) -> Options;
-    /// A connection-level refusal, by reason (for metrics).
-    fn rejected(&self, reason: &'static str);
+    /// A connection-level refusal, by reason (for metrics and the access
+    /// log), of `client` (the socket peer, or the PROXY header's source),
+    /// with the status it was answered (or, closed without one, would be).
+    fn rejected(&self, reason: &'static str, client: std::net::IpAddr, status: u16);
     /// A TLS handshake failed.
     fn handshake_failed(&self, _e: &std::io::Error) {}
 }
@@ -118,7 +120,7 @@ impl Policy for Fixed {
     fn options(&self) -> Options {
         self.0.clone()
     }
-    fn rejected(&self, reason: &'static str) {
+    fn rejected(&self, reason: &'static str, _client: std::net::IpAddr, _status: u16) {
         tracing::debug!(reason, "admin connection refused");
     }
 }
@@ -201,14 +203,14 @@ where
                 }
                 Err(e) => {
                     tracing::info!(%peer, "refused: {e}");
-                    self.policy.rejected("proxy_protocol");
+                    self.policy.rejected("proxy_protocol", peer.ip(), 400);
                     return;
                 }
             }
         }
         let Some(_permit) = self.limiter.acquire(proto::net::client_key(peer.ip()), opts.limit_connections) else {
             tracing::info!(client = %peer.ip(), limit = opts.limit_connections, "too many connections from this client");
-            self.policy.rejected("too_many_connections");
+            self.policy.rejected("too_many_connections", peer.ip(), 429);
             let _ = stream.try_write(TOO_MANY_CONNECTIONS);
             return;
         };
@@ -399,7 +401,7 @@ where
         let _ = (&mut served.0).await;
         if expiry == Expiry::HeaderTimeout {
             tracing::info!(client = %peer.ip(), "request head not received within {:?}: 408", opts.header_timeout);
-            self.policy.rejected("client_timeout");
+            self.policy.rejected("client_timeout", peer.ip(), 408);
             if self.tls.is_none() {
                 // Over TLS the socket carries records, not text: just close.
                 let _ = conn.stream().try_write(REQUEST_TIMEOUT);
@@ -411,12 +413,12 @@ where
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             if h.is_parse_too_large() {
                 tracing::info!(client = %peer.ip(), "request head too large: 431");
-                self.policy.rejected("headers_too_large");
+                self.policy.rejected("headers_too_large", peer.ip(), 431);
                 return;
             }
             if h.is_parse() {
                 tracing::info!(client = %peer.ip(), "malformed request: {h}");
-                self.policy.rejected("bad_request");
+                self.policy.rejected("bad_request", peer.ip(), 400);
                 return;
             }
         }
