@@ -84,6 +84,20 @@ async fn websocket_echo_passes_through() {
     close_ws(ws).await;
 
     assert_eq!(wg.starts().len(), 1, "one start serves both connections; log:\n{}", wg.log());
+
+    // The access log (stdout by default) has each connection once it closed:
+    // 101, the bytes the solution sent through it, the whole duration.
+    let upgrades = || -> Vec<serde_json::Value> {
+        wg.stdout().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|l| l["status"] == 101).collect()
+    };
+    assert!(wakegate_tests::eventually(Duration::from_secs(5), || async { upgrades().len() == 2 }).await, "{}", wg.stdout());
+    let lines = upgrades();
+    let (first, second) = (&lines[0], &lines[1]);
+    assert_eq!((first["uri"].as_str(), first["completed"].as_bool()), (Some("/ws"), Some(true)), "{first}");
+    assert!(first["bytes"].as_u64().is_some_and(|b| b > 100_000), "the echoed frames went to the client: {first}");
+    assert!(first["wait_ms"].as_u64().is_some(), "held while app started: {first}");
+    assert!(second["bytes"].as_u64().is_some_and(|b| (15..1000).contains(&b)), "{second}");
+    assert!(second.get("wait_ms").is_none(), "{second}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -210,6 +210,68 @@ impl AccessLog {
     }
 }
 
+/// The line of an upgraded connection (WebSocket), written when its tunnel
+/// closes, with the bytes sent to the client and the whole duration: set on
+/// the 101 response by the proxy (while a log is on), which gives the tunnel
+/// a clone; the request handler attaches the line. Whichever comes second
+/// writes it.
+#[derive(Clone, Default)]
+pub struct Tunnel(Arc<Slot>);
+
+#[derive(Default)]
+struct Slot(Mutex<TunnelState>);
+
+#[derive(Default)]
+enum TunnelState {
+    #[default]
+    Open,
+    Attached(Box<Answered>),
+    Closed {
+        to_client: u64,
+        clean: bool,
+    },
+    Written,
+}
+
+impl Drop for Slot {
+    /// A tunnel dropped before it closed (the runtime ending): its line still.
+    fn drop(&mut self) {
+        let st = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let TunnelState::Attached(mut a) = std::mem::replace(st, TunnelState::Written) {
+            a.cut();
+            a.finish(true);
+        }
+    }
+}
+
+impl Tunnel {
+    /// The request's line, its answer (the 101) known.
+    pub fn attach(&self, answered: Box<Answered>) {
+        let mut st = lock(&self.0.0);
+        match std::mem::replace(&mut *st, TunnelState::Written) {
+            TunnelState::Closed { to_client, clean } => {
+                drop(st);
+                let mut a = answered;
+                a.tunnel_closed(to_client, clean);
+            }
+            _ => *st = TunnelState::Attached(answered),
+        }
+    }
+
+    /// The tunnel closed: `to_client` bytes went to the client; `clean` if
+    /// both sides closed without an error.
+    pub fn closed(&self, to_client: u64, clean: bool) {
+        let mut st = lock(&self.0.0);
+        match std::mem::replace(&mut *st, TunnelState::Written) {
+            TunnelState::Attached(mut a) => {
+                drop(st);
+                a.tunnel_closed(to_client, clean);
+            }
+            _ => *st = TunnelState::Closed { to_client, clean },
+        }
+    }
+}
+
 /// One request's line, until its answer is known.
 #[derive(Clone)]
 pub struct Line {
@@ -346,6 +408,12 @@ impl Answered {
     /// The answer did not reach the client whole (a write to it failed).
     pub fn cut(&mut self) {
         self.failed = true;
+    }
+
+    fn tunnel_closed(&mut self, to_client: u64, clean: bool) {
+        self.bytes = to_client;
+        self.failed = !clean;
+        self.finish(true);
     }
 
     /// Writes the line; `end_stream` if the body had nothing more to send.

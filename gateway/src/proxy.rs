@@ -64,7 +64,13 @@ pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> 
     };
     routed.map(move |mut resp| {
         if let Some(line) = unanswered.0.take() {
-            resp.extensions_mut().insert(line);
+            // An upgrade's line waits for its tunnel to close.
+            match resp.extensions().get::<access_log::Tunnel>() {
+                Some(tunnel) => tunnel.attach(line.answered(&resp)),
+                None => {
+                    resp.extensions_mut().insert(line);
+                }
+            }
         }
         // A solution's head passed on as it came carries them (no map needed).
         if let Some(raw) = resp.body_mut().raw_head_mut() {
@@ -551,14 +557,19 @@ fn respond(
         let stream = activity.into_stream();
         stream.solution().metrics.duration.observe(started.elapsed().as_secs_f64());
         upstream::abort(&ep);
+        let log = (access_log::recording() && client_upgrade.is_some()).then(access_log::Tunnel::default);
         match client_upgrade {
             Some(client_upgrade) => {
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, stream));
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, stream, log.clone()));
             }
             None => tracing::warn!("solution switched protocols without being asked to"),
         }
         let (parts, _) = response.into_parts();
-        return Response::from_parts(parts, Body::empty());
+        let mut resp = Response::from_parts(parts, Body::empty());
+        if let Some(log) = log {
+            resp.extensions_mut().insert(log);
+        }
+        return resp;
     }
     let (parts, inner) = response.into_parts();
     let done = Done::new(ep, (Some(conn), permit), activity, started);
@@ -583,17 +594,33 @@ fn respond_direct(
 
 /// Copies bytes both ways between an upgraded client and solution connection,
 /// counted as an open stream (which keeps the solution awake) until both close.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, stream: OwnedActivity) {
+/// The access log's line, if one is kept, is written when both close.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    stream: OwnedActivity,
+    log: Option<access_log::Tunnel>,
+) {
     let (c, u) = tokio::join!(client, upstream);
-    match (c, u) {
+    let (to_client, clean) = match (c, u) {
         (Ok(c), Ok(u)) => {
             let mut c = TokioIo::new(c);
             let mut u = TokioIo::new(u);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                tracing::debug!("upgraded stream ended: {e}");
+            match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                Ok((_, to_client)) => (to_client, true),
+                Err(e) => {
+                    tracing::debug!("upgraded stream ended: {e}");
+                    (0, false)
+                }
             }
         }
-        (c, u) => tracing::debug!(client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade did not complete"),
-    }
+        (c, u) => {
+            tracing::debug!(client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade did not complete");
+            (0, false)
+        }
+    };
     drop(stream);
+    if let Some(log) = log {
+        log.closed(to_client, clean);
+    }
 }
