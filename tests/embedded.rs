@@ -307,7 +307,7 @@ fn access_file(path: &std::path::Path) -> Vec<serde_json::Value> {
 async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     // `slow` takes 30 s to become ready: a browser sees the waiting page, a
     // script is held.
-    let solutions = format!("{}{}", testapp_solution("app", "", ""), testapp_solution("slow", "--startup-delay 30", ""));
+    let solutions = format!("{}{}", testapp_solution("app", "", ""), testapp_solution("slow", "--startup-delay 30", "hold-timeout = \"1s\""));
     let cfg = |dest: &str| format!("[settings]\naccess-log = \"{dest}\"\nclient-header-timeout = \"1s\"\n{solutions}");
     let wg = Wakegate::start(&cfg("{dir}/access.log"));
     let path = wg.dir.path().join("access.log");
@@ -322,6 +322,8 @@ async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     // A script that gives up while its request is held.
     let gave_up = tokio::time::timeout(Duration::from_millis(500), get(a, "slow.localhost", "/api", &[])).await;
     assert!(gave_up.is_err(), "slow is not ready yet: {gave_up:?}");
+    let held_out = get(a, "slow.localhost", "/api", &[]).await.unwrap();
+    assert_eq!(held_out.status, 503, "held for hold-timeout, then refused");
     let stream = tokio::net::TcpStream::connect(a).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
@@ -335,9 +337,9 @@ async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
     assert!(answer.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&answer));
 
-    assert!(eventually(Duration::from_secs(5), || async { access_file(&path).len() >= 6 }).await, "{:?}", access_file(&path));
+    assert!(eventually(Duration::from_secs(5), || async { access_file(&path).len() >= 7 }).await, "{:?}", access_file(&path));
     let lines = access_file(&path);
-    assert_eq!(lines.len(), 6, "one line per request: {lines:#?}");
+    assert_eq!(lines.len(), 7, "one line per request: {lines:#?}");
     let by_id = |id: &str| lines.iter().find(|l| l["request_id"] == id).unwrap_or_else(|| panic!("no line for {id}: {lines:#?}"));
     let l = by_id(hello.header("x-request-id"));
     for (key, want) in [
@@ -364,7 +366,10 @@ async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     assert!(l.get("solution").is_none() && l.get("upstream").is_none(), "{l}");
     let l = by_id(page.header("x-request-id"));
     assert_eq!((l["status"].as_u64(), l["reason"].as_str(), l["solution"].as_str()), (Some(503), Some("waiting_page"), Some("slow")));
-    let l = lines.iter().find(|l| l["uri"] == "/api").unwrap_or_else(|| panic!("{lines:#?}"));
+    let l = by_id(held_out.header("x-request-id"));
+    assert_eq!((l["reason"].as_str(), l["solution"].as_str()), (Some("hold_timeout"), Some("slow")), "{l}");
+    assert!(l["wait_ms"].as_u64().is_some_and(|w| w >= 900), "held for the whole hold-timeout: {l}");
+    let l = lines.iter().find(|l| l["status"] == 499).unwrap_or_else(|| panic!("{lines:#?}"));
     assert_eq!((l["status"].as_u64(), l["reason"].as_str(), l["completed"].as_bool()), (Some(499), Some("client_closed"), Some(false)));
     assert_eq!(l["solution"], "slow");
     let l = by_id(&h2_id);
@@ -399,7 +404,7 @@ async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     );
     wg.get("app", "/hello").await;
     assert!(eventually(Duration::from_secs(5), || async { access_file(&second).len() == 2 }).await);
-    assert_eq!(access_file(&path).len(), 6, "nothing was logged while the log was off or elsewhere");
+    assert_eq!(access_file(&path).len(), 7, "nothing was logged while the log was off or elsewhere");
     assert_eq!(metric(&wg.metrics().await, "wakegate_access_log_dropped_lines_total"), Some(0.0));
 }
 

@@ -163,9 +163,8 @@ impl AccessLog {
             }
         }
         self.shared.on.store(on, Ordering::Relaxed);
-        if on {
-            RECORDING.store(true, Ordering::Relaxed);
-        }
+        // (One gateway, one log, per process.)
+        RECORDING.store(on, Ordering::Relaxed);
     }
 
     /// Whether requests are logged now.
@@ -408,6 +407,11 @@ impl Answered {
     /// The answer did not reach the client whole (a write to it failed).
     pub fn cut(&mut self) {
         self.failed = true;
+    }
+
+    /// The answer reached the client whole after all (see `h1::write_response`).
+    pub fn delivered(&mut self) {
+        self.failed = false;
     }
 
     fn tunnel_closed(&mut self, to_client: u64, clean: bool) {
@@ -669,20 +673,10 @@ fn rfc3339(t: SystemTime, buf: &mut Vec<u8>) {
 
 /// `2026-11-29T21:04:05` (19 bytes for years 0000–9999).
 fn up_to_second(secs: u64, buf: &mut Vec<u8>) {
-    let (days, sod) = ((secs / 86_400) as i64, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // (Days since 1970 are never negative here: the casts keep the value.)
-    padded(buf, year as u64, 4);
-    for (sep, n) in [(b'-', month as u64), (b'-', day as u64), (b'T', sod / 3600), (b':', sod / 60 % 60), (b':', sod % 60)] {
+    let sod = secs % 86_400;
+    let (year, month, day) = proto::units::civil_from_days(secs / 86_400);
+    padded(buf, year, 4);
+    for (sep, n) in [(b'-', month), (b'-', day), (b'T', sod / 3600), (b':', sod / 60 % 60), (b':', sod % 60)] {
         buf.push(sep);
         padded(buf, n, 2);
     }

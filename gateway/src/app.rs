@@ -144,7 +144,6 @@ pub async fn run(
     }
     tracing::info!("stopping solutions");
     orchestrator.shutdown().await;
-    crate::access_log::flush_all(crate::access_log::FLUSH_WAIT);
     tracing::info!("bye");
     Ok(())
 }

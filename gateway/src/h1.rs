@@ -340,12 +340,16 @@ where
     I: AsyncWrite + Unpin,
 {
     let (parts, mut body) = resp.into_parts();
+    // The access log says what reached the client, not what was read: cut
+    // unless the writing ends well (this future may also be dropped mid-way).
+    if let Some(log) = &mut body.log {
+        log.cut();
+    }
     let written = write_answer(io, out, &parts, &mut body, meta, closing).await;
-    // The access log says what reached the client, not what was read.
-    if written.is_err()
+    if written.is_ok()
         && let Some(log) = &mut body.log
     {
-        log.cut();
+        log.delivered();
     }
     written
 }

@@ -421,7 +421,8 @@ fn forward(
                     drop(activity);
                     if Instant::now() + RETRY_PAUSE >= deadline {
                         let msg = format!("{} did not accept the connection", sol.name);
-                        return refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), reply_headers, rid);
+                        let resp = refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), reply_headers, rid);
+                        return with_upstream(&gw, ep.addr, waited, resp);
                     }
                     Box::pin(tokio::time::sleep(RETRY_PAUSE)).await;
                     continue;
@@ -466,12 +467,14 @@ fn forward(
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
                     let msg = format!("{} was removed from the configuration", sol.name);
-                    return refuse(sol, Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "removed", msg).retry_after(5), reply_headers, rid);
+                    let resp =
+                        refuse(sol, Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "removed", msg).retry_after(5), reply_headers, rid);
+                    return with_wait(&gw, f.started, resp);
                 }
                 Err(_) => {
                     let msg = format!("{} did not become ready within {}", sol.name, proto::units::format_duration(settings.hold_timeout));
                     let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, metrics::HOLD_TIMEOUT, msg).retry_after(retry_hint(&state));
-                    return refuse(sol, r, reply_headers, rid);
+                    return with_wait(&gw, f.started, refuse(sol, r, reply_headers, rid));
                 }
             }
         }
@@ -486,6 +489,15 @@ fn with_upstream(gw: &Gateway, addr: SocketAddr, waited: Option<u32>, mut resp: 
         if let Some(ms) = waited {
             resp.extensions_mut().insert(access_log::Waited(u64::from(ms)));
         }
+    }
+    resp
+}
+
+/// A held request given up on: how long it was held, for the access log.
+fn with_wait(gw: &Gateway, started: Instant, mut resp: Response<Body>) -> Response<Body> {
+    if gw.access.is_on() {
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        resp.extensions_mut().insert(access_log::Waited(ms));
     }
     resp
 }
@@ -604,13 +616,14 @@ async fn tunnel(
     let (c, u) = tokio::join!(client, upstream);
     let (to_client, clean) = match (c, u) {
         (Ok(c), Ok(u)) => {
-            let mut c = TokioIo::new(c);
+            // Counted as written: an ended stream (a reset) still tells.
+            let mut c = Counted { io: TokioIo::new(c), written: 0 };
             let mut u = TokioIo::new(u);
             match tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                Ok((_, to_client)) => (to_client, true),
+                Ok(_) => (c.written, true),
                 Err(e) => {
                     tracing::debug!("upgraded stream ended: {e}");
-                    (0, false)
+                    (c.written, false)
                 }
             }
         }
@@ -622,5 +635,44 @@ async fn tunnel(
     drop(stream);
     if let Some(log) = log {
         log.closed(to_client, clean);
+    }
+}
+
+/// A stream that counts the bytes written to it.
+struct Counted<T> {
+    io: T,
+    written: u64,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.io).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            this.written += n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -244,7 +244,6 @@ pub async fn run_with(
     {
         tracing::warn!("the ACME lease was not released in time");
     }
-    crate::access_log::flush_all(crate::access_log::FLUSH_WAIT);
     tracing::info!("bye");
     Ok(())
 }
