@@ -307,7 +307,8 @@ fn access_file(path: &std::path::Path) -> Vec<serde_json::Value> {
 async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     // `slow` takes 30 s to become ready: a browser sees the waiting page, a
     // script is held.
-    let solutions = format!("{}{}", testapp_solution("app", "", ""), testapp_solution("slow", "--startup-delay 30", "hold-timeout = \"1s\""));
+    let solutions =
+        format!("{}{}", testapp_solution("app", "", ""), testapp_solution("slow", "--startup-delay 30", "hold-timeout = \"1s\""));
     let cfg = |dest: &str| format!("[settings]\naccess-log = \"{dest}\"\nclient-header-timeout = \"1s\"\n{solutions}");
     let wg = Wakegate::start(&cfg("{dir}/access.log"));
     let path = wg.dir.path().join("access.log");
