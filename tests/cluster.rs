@@ -571,16 +571,16 @@ async fn the_alert_rules_name_only_metrics_the_gateway_and_scaler_export() {
     // checks those names against what running processes export. A family
     // shows once it has a sample: a wake-up and a refusal make them.
     let mut c = Cluster::start_with(&[], 1).await;
-    assert_eq!(get(c.public(0), "web.aim.test", "/hello", &[]).await.unwrap().status, 200);
-    assert_eq!(get(c.public(0), "nothing.aim.test", "/", &[]).await.unwrap().status, 404);
-    let page = |addr| async move { get(addr, "admin", "/metrics", &[]).await.unwrap().body };
+    assert_eq!(get(c.public(0), "web.aim.test", "/hello", &[]).await.expect("an answer").status, 200);
+    assert_eq!(get(c.public(0), "nothing.aim.test", "/", &[]).await.expect("an answer").status, 404);
+    let page = |addr| async move { get(addr, "admin", "/metrics", &[]).await.expect("the metrics").body };
     let exported = [page(c.gateways[0].addr("admin")).await, page(c.scalers[0].addr("admin")).await].concat();
-    let text =
-        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/prometheusrule.yaml")).unwrap();
-    let rule: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/prometheusrule.yaml"))
+        .expect("deploy/base/prometheusrule.yaml");
+    let rule: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("the PrometheusRule is YAML");
     let mut named = BTreeSet::new();
-    for r in rule["spec"]["groups"][0]["rules"].as_sequence().unwrap() {
-        let expr = r["expr"].as_str().unwrap();
+    for r in rule["spec"]["groups"][0]["rules"].as_sequence().expect("a list of rules") {
+        let expr = r["expr"].as_str().expect("every rule has an expr");
         for (i, _) in expr.match_indices("wakegate_") {
             named.insert(expr[i..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect::<String>());
         }

@@ -314,26 +314,31 @@ async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     let path = wg.dir.path().join("access.log");
     let a = wg.public;
 
-    let hello = get(a, "app.localhost", "/hello?x=1", &[("user-agent", "probe/1"), ("referer", "http://localhost/")]).await.unwrap();
+    let hello =
+        get(a, "app.localhost", "/hello?x=1", &[("user-agent", "probe/1"), ("referer", "http://localhost/")]).await.expect("an answer");
     assert_eq!(hello.status, 200);
-    let unknown = get(a, "nope.localhost", "/", &[]).await.unwrap();
+    let unknown = get(a, "nope.localhost", "/", &[]).await.expect("an answer");
     assert_eq!(unknown.status, 404);
-    let page = get(a, "slow.localhost", "/", &[("accept", "text/html")]).await.unwrap();
+    let page = get(a, "slow.localhost", "/", &[("accept", "text/html")]).await.expect("an answer");
     assert_eq!(page.status, 503, "the waiting page");
     // A script that gives up while its request is held.
     let gave_up = tokio::time::timeout(Duration::from_millis(500), get(a, "slow.localhost", "/api", &[])).await;
     assert!(gave_up.is_err(), "slow is not ready yet: {gave_up:?}");
-    let held_out = get(a, "slow.localhost", "/api", &[]).await.unwrap();
+    let held_out = get(a, "slow.localhost", "/api", &[]).await.expect("an answer");
     assert_eq!(held_out.status, 503, "held for hold-timeout, then refused");
-    let stream = tokio::net::TcpStream::connect(a).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(a).await.expect("the public listener");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("an HTTP/2 connection");
     tokio::spawn(conn);
-    let h2 = send.send_request(Request::get("http://app.localhost/hello").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
-    let h2_id = h2.headers()["x-request-id"].to_str().unwrap().to_string();
-    assert_eq!(h2.into_body().collect().await.unwrap().to_bytes(), "hello from app\n");
+    let h2 = send
+        .send_request(Request::get("http://app.localhost/hello").body(Full::new(Bytes::new())).expect("a request"))
+        .await
+        .expect("an HTTP/2 answer");
+    let h2_id = h2.headers()["x-request-id"].to_str().expect("a text request id").to_string();
+    assert_eq!(h2.into_body().collect().await.expect("the body").to_bytes(), "hello from app\n");
     // A head that never ends: 408 from the connection's watchdog, before any request exists.
-    let mut slow = tokio::net::TcpStream::connect(a).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: app.localhost\r\n").await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(a).await.expect("the public listener");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: app.localhost\r\n").await.expect("a partial head sent");
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
     assert!(answer.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&answer));

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderMap, HeaderValue, Method, Response, Uri, Version, header};
+use http::{HeaderValue, Method, Response, Version, header};
 use prometheus_client::metrics::counter::Counter;
 use proto::settings::AccessLog as Dest;
 
@@ -174,9 +174,7 @@ impl AccessLog {
 
     /// The start of a request's line, if the log is on.
     pub fn begin<B>(&self, client: IpAddr, req: &http::Request<B>, rid: &HeaderValue, started: Instant) -> Option<Box<Line>> {
-        self.is_on().then(|| {
-            Box::new(Line::begin(self.shared.clone(), client, req.method(), req.uri(), req.version(), req.headers(), rid, started))
-        })
+        self.is_on().then(|| Box::new(Line::begin(self.shared.clone(), client, req, rid, started)))
     }
 }
 
@@ -195,17 +193,8 @@ impl AccessLog {
         if !self.is_on() {
             return;
         }
-        let mut buf = Vec::with_capacity(128);
-        buf.extend_from_slice(b"{\"time\":\"");
-        rfc3339(SystemTime::now(), &mut buf);
-        buf.extend_from_slice(b"\",\"client\":\"");
-        ip(&mut buf, client);
-        buf.extend_from_slice(b"\",\"status\":");
-        num(&mut buf, u64::from(status));
-        buf.extend_from_slice(b",\"bytes\":0");
-        field(&mut buf, "reason", Some(reason.as_bytes()));
-        buf.extend_from_slice(b",\"completed\":false}\n");
-        push(&self.shared, &buf);
+        let line = Line { buf: Line::start(None, client), started: Instant::now(), head: false, log: self.shared.clone() };
+        line.finish(status, 0, false, Some(reason), None, None);
     }
 }
 
@@ -282,25 +271,23 @@ pub struct Line {
 }
 
 impl Line {
-    #[allow(clippy::too_many_arguments)]
-    fn begin(
-        log: Arc<Shared>,
-        client: IpAddr,
-        method: &Method,
-        uri: &Uri,
-        version: Version,
-        headers: &HeaderMap,
-        rid: &HeaderValue,
-        started: Instant,
-    ) -> Line {
+    /// `{"time":…,"request_id":…,"client":…`: how every line starts.
+    fn start(rid: Option<&HeaderValue>, client: IpAddr) -> Vec<u8> {
         let mut buf = Vec::with_capacity(384);
         buf.extend_from_slice(b"{\"time\":\"");
         rfc3339(SystemTime::now(), &mut buf);
-        buf.extend_from_slice(b"\",\"request_id\":");
-        string(&mut buf, rid.as_bytes());
+        buf.push(b'"');
+        field(&mut buf, "request_id", rid.map(HeaderValue::as_bytes));
         buf.extend_from_slice(b",\"client\":\"");
         ip(&mut buf, client);
-        buf.extend_from_slice(b"\",\"method\":");
+        buf.push(b'"');
+        buf
+    }
+
+    fn begin<B>(log: Arc<Shared>, client: IpAddr, req: &http::Request<B>, rid: &HeaderValue, started: Instant) -> Line {
+        let (method, uri, version, headers) = (req.method(), req.uri(), req.version(), req.headers());
+        let mut buf = Line::start(Some(rid), client);
+        buf.extend_from_slice(b",\"method\":");
         string(&mut buf, method.as_str().as_bytes());
         let host = uri.authority().map(|a| a.as_str().as_bytes()).or_else(|| headers.get(header::HOST).map(HeaderValue::as_bytes));
         field(&mut buf, "host", host.map(|h| cut(h, MAX_FIELD)));
@@ -713,13 +700,12 @@ fn ip(buf: &mut Vec<u8>, ip: IpAddr) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn time(secs: u64, ms: u64) -> String {
         let mut b = Vec::new();
         rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(secs * 1000 + ms), &mut b);
-        String::from_utf8(b).unwrap()
+        String::from_utf8(b).expect("UTF-8")
     }
 
     #[test]
@@ -738,7 +724,7 @@ mod tests {
     fn json(bytes: &[u8]) -> String {
         let mut b = Vec::new();
         string(&mut b, bytes);
-        String::from_utf8(b).unwrap()
+        String::from_utf8(b).expect("UTF-8")
     }
 
     #[test]
@@ -748,7 +734,7 @@ mod tests {
         assert_eq!(json("Grüße".as_bytes()), "\"Grüße\"");
         assert_eq!(json(b"caf\xe9 ok"), r#""caf\ufffd ok""#);
         for raw in [&b"\xff\xfe\"\n"[..], b"\\u0022", "\u{2028}".as_bytes()] {
-            let parsed: String = serde_json::from_str(&json(raw)).unwrap();
+            let parsed: String = serde_json::from_str(&json(raw)).expect("a JSON string");
             assert_eq!(parsed, String::from_utf8_lossy(raw));
         }
     }
@@ -761,34 +747,39 @@ mod tests {
     }
 
     fn request(uri: &str, ua: &[u8]) -> http::Request<()> {
-        http::Request::builder().uri(uri).header("host", "nlp.localhost").header("user-agent", ua).body(()).unwrap()
+        http::Request::builder().uri(uri).header("host", "nlp.localhost").header("user-agent", ua).body(()).expect("a request")
     }
 
     fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
     }
 
     #[test]
     fn a_line_holds_the_request_and_its_answer() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("a scratch directory");
         let path = dir.path().join("access.log");
         let (log, _) = log_to(&path);
         let started = Instant::now();
         let rid = HeaderValue::from_static("r-1");
-        let mut line = log.begin("203.0.113.9".parse().unwrap(), &request("/q?x=1&y=%22", b"curl \"x\" \xe9"), &rid, started).unwrap();
+        let mut line = log
+            .begin("203.0.113.9".parse().expect("an address"), &request("/q?x=1&y=%22", b"curl \"x\" \xe9"), &rid, started)
+            .expect("the log is on");
         line.solution("nlp");
         let mut resp = Response::new(());
         *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
         resp.extensions_mut().insert(Reason("hold_timeout"));
-        resp.extensions_mut().insert(Upstream("127.0.0.1:4000".parse().unwrap()));
+        resp.extensions_mut().insert(Upstream("127.0.0.1:4000".parse().expect("an address")));
         let mut answered = line.answered(&resp);
         answered.frame::<()>(&Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"12345")))));
         answered.frame::<()>(&None);
         answered.finish(false);
-        drop(Unanswered(log.begin("::1".parse().unwrap(), &request("/held", b"x"), &rid, started)));
+        drop(Unanswered(log.begin("::1".parse().expect("an address"), &request("/held", b"x"), &rid, started)));
         let mut v6 = Response::new(());
-        v6.extensions_mut().insert(Upstream("[fd00::7]:8080".parse().unwrap()));
-        log.begin("::1".parse().unwrap(), &request("/v6", b"x"), &rid, started).unwrap().answered(&v6).finish(true);
+        v6.extensions_mut().insert(Upstream("[fd00::7]:8080".parse().expect("an address")));
+        log.begin("::1".parse().expect("an address"), &request("/v6", b"x"), &rid, started)
+            .expect("the log is on")
+            .answered(&v6)
+            .finish(true);
         log.flush();
         let got = lines(&path);
         assert_eq!(got.len(), 3, "{got:?}");
@@ -824,14 +815,14 @@ mod tests {
 
     #[test]
     fn completed_means_the_whole_answer_reached_the_client() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("a scratch directory");
         let path = dir.path().join("access.log");
         let (log, _) = log_to(&path);
         let rid = HeaderValue::from_static("r");
         let now = Instant::now();
         let line = |method: &str, uri: &str| {
-            let req = http::Request::builder().method(method).uri(uri).header("host", "h").body(()).unwrap();
-            log.begin("127.0.0.1".parse().unwrap(), &req, &rid, now).unwrap()
+            let req = http::Request::builder().method(method).uri(uri).header("host", "h").body(()).expect("a request");
+            log.begin("127.0.0.1".parse().expect("an address"), &req, &rid, now).expect("the log is on")
         };
         // A HEAD answer and a 204 have no body to wait for.
         line("HEAD", "/head").answered(&Response::new(())).finish(false);
@@ -860,11 +851,11 @@ mod tests {
 
     #[test]
     fn the_thread_ends_when_the_log_is_turned_off() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("a scratch directory");
         let (log, _) = log_to(&dir.path().join("access.log"));
         assert!(lock(&log.shared.state).started);
         let rid = HeaderValue::from_static("r");
-        let begun = log.begin("127.0.0.1".parse().unwrap(), &request("/late", b"x"), &rid, Instant::now());
+        let begun = log.begin("127.0.0.1".parse().expect("an address"), &request("/late", b"x"), &rid, Instant::now());
         log.set(&Dest::Off);
         let deadline = Instant::now() + Duration::from_secs(5);
         while lock(&log.shared.state).started && Instant::now() < deadline {
@@ -880,14 +871,15 @@ mod tests {
 
     #[test]
     fn a_rotated_file_is_opened_again_and_off_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("a scratch directory");
         let path = dir.path().join("access.log");
         let (log, _) = log_to(&path);
         let rid = HeaderValue::from_static("r");
-        let one = |uri: &str| drop(Unanswered(log.begin("127.0.0.1".parse().unwrap(), &request(uri, b"x"), &rid, Instant::now())));
+        let one =
+            |uri: &str| drop(Unanswered(log.begin("127.0.0.1".parse().expect("an address"), &request(uri, b"x"), &rid, Instant::now())));
         one("/first");
         log.flush();
-        std::fs::rename(&path, dir.path().join("access.log.1")).unwrap();
+        std::fs::rename(&path, dir.path().join("access.log.1")).expect("rename");
         // The path is looked at again a second after the file was opened.
         std::thread::sleep(REOPEN_CHECK);
         one("/second");
@@ -895,7 +887,7 @@ mod tests {
         assert_eq!(lines(&dir.path().join("access.log.1"))[0]["uri"], "/first");
         assert_eq!(lines(&path)[0]["uri"], "/second");
         log.set(&Dest::Off);
-        assert!(log.begin("127.0.0.1".parse().unwrap(), &request("/x", b"x"), &rid, Instant::now()).is_none());
+        assert!(log.begin("127.0.0.1".parse().expect("an address"), &request("/x", b"x"), &rid, Instant::now()).is_none());
     }
 
     #[test]
@@ -909,7 +901,7 @@ mod tests {
         let long = "/".repeat(4096);
         let n = MAX_BUFFERED / 4096 + 10;
         for _ in 0..n {
-            drop(Unanswered(log.begin("127.0.0.1".parse().unwrap(), &request(&long, b"x"), &rid, Instant::now())));
+            drop(Unanswered(log.begin("127.0.0.1".parse().expect("an address"), &request(&long, b"x"), &rid, Instant::now())));
         }
         assert!(lock(&log.shared.state).buf.len() <= MAX_BUFFERED);
         assert!(dropped.get() >= 10, "{}", dropped.get());
