@@ -11,7 +11,7 @@ nginx is the dashed line at 1.0.
 import sys
 from html import escape
 
-COLORS = {"direct": "#9e9e9e", "haproxy": "#4e79a7", "caddy": "#59a14f", "wakegate": "#e15759"}
+COLORS = {"direct": "#9e9e9e", "haproxy": "#4e79a7", "caddy": "#59a14f", "pingora": "#b07aa1", "wakegate": "#e15759"}
 WIDTH, LEFT, RIGHT, TOP = 820, 170, 70, 58
 BAR, GAP, GROUP_GAP = 16, 3, 18
 
