@@ -411,6 +411,13 @@ async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     wg.get("app", "/hello").await;
     assert!(eventually(Duration::from_secs(5), || async { access_file(&second).len() == 2 }).await);
     assert_eq!(access_file(&path).len(), 7, "nothing was logged while the log was off or elsewhere");
+    // Query strings left out, live.
+    wg.write_config(&cfg("{dir}/second.log").replace("[settings]\n", "[settings]\naccess-log-query = \"drop\"\n"));
+    assert!(eventually(Duration::from_secs(5), || reloads(3.0)).await, "{}", wg.log());
+    assert_eq!(wg.get("app", "/hello?token=s3cret").await.status, 200);
+    assert!(eventually(Duration::from_secs(5), || async { access_file(&second).len() == 3 }).await);
+    assert_eq!(access_file(&second)[2]["uri"], "/hello");
+    assert!(!std::fs::read_to_string(&second).unwrap_or_default().contains("s3cret"));
     assert_eq!(metric(&wg.metrics().await, "wakegate_access_log_dropped_lines_total"), Some(0.0));
 }
 

@@ -61,6 +61,8 @@ pub struct AccessLog {
 
 struct Shared {
     on: AtomicBool,
+    /// Query strings are logged (`access-log-query = "keep"`).
+    queries: AtomicBool,
     state: Mutex<State>,
     wake: Condvar,
     /// Held while a batch is written (by the writer, or by [`AccessLog::flush`]):
@@ -131,17 +133,25 @@ impl AccessLog {
     pub fn new(dropped: Counter) -> Self {
         let state = State { buf: Vec::new(), dest: Dest::Off, generation: 0, waiting: false, started: false, dropped: 0 };
         let out = Output { dest: Dest::Off, generation: 0, file: None, checked: Instant::now(), failing: false, spare: Vec::new() };
-        let shared =
-            Arc::new(Shared { on: AtomicBool::new(false), state: Mutex::new(state), wake: Condvar::new(), out: Mutex::new(out), dropped });
+        let shared = Arc::new(Shared {
+            on: AtomicBool::new(false),
+            queries: AtomicBool::new(true),
+            state: Mutex::new(state),
+            wake: Condvar::new(),
+            out: Mutex::new(out),
+            dropped,
+        });
         let mut logs = lock(&LOGS);
         logs.retain(|l| l.strong_count() > 0);
         logs.push(Arc::downgrade(&shared));
         Self { shared }
     }
 
-    /// Writes to `dest` from now on. Its thread runs while the log is on
-    /// (it ends once the log is off and every line is out).
-    pub fn set(&self, dest: &Dest) {
+    /// Writes to `dest` from now on, with query strings or without. Its
+    /// thread runs while the log is on (it ends once the log is off and
+    /// every line is out).
+    pub fn set(&self, dest: &Dest, queries: bool) {
+        self.shared.queries.store(queries, Ordering::Relaxed);
         let mut st = lock(&self.shared.state);
         if st.dest != *dest {
             st.dest = dest.clone();
@@ -291,8 +301,10 @@ impl Line {
         string(&mut buf, method.as_str().as_bytes());
         let host = uri.authority().map(|a| a.as_str().as_bytes()).or_else(|| headers.get(header::HOST).map(HeaderValue::as_bytes));
         field(&mut buf, "host", host.map(|h| cut(h, MAX_FIELD)));
+        let queries = log.queries.load(Ordering::Relaxed);
         buf.extend_from_slice(b",\"uri\":");
-        string(&mut buf, cut(uri.path_and_query().map_or(b"/", |p| p.as_str().as_bytes()), MAX_URI));
+        let target = if queries { uri.path_and_query().map(|p| p.as_str()) } else { Some(uri.path()) };
+        string(&mut buf, cut(target.filter(|t| !t.is_empty()).map_or(b"/", str::as_bytes), MAX_URI));
         buf.extend_from_slice(match version {
             Version::HTTP_09 => b",\"protocol\":\"HTTP/0.9\"",
             Version::HTTP_10 => b",\"protocol\":\"HTTP/1.0\"",
@@ -301,8 +313,12 @@ impl Line {
             _ => b",\"protocol\":\"HTTP/1.1\"",
         });
         for (key, name) in [("user_agent", header::USER_AGENT), ("referer", header::REFERER)] {
-            if let Some(v) = headers.get(name) {
-                field(&mut buf, key, Some(cut(v.as_bytes(), MAX_FIELD)));
+            if let Some(v) = headers.get(&name) {
+                let mut v = v.as_bytes();
+                if !queries && name == header::REFERER {
+                    v = v.split(|&b| b == b'?').next().unwrap_or(v);
+                }
+                field(&mut buf, key, Some(cut(v, MAX_FIELD)));
             }
         }
         Line { buf, started, head: *method == Method::HEAD, log }
@@ -742,7 +758,7 @@ mod tests {
     fn log_to(path: &std::path::Path) -> (AccessLog, Counter) {
         let dropped = Counter::default();
         let log = AccessLog::new(dropped.clone());
-        log.set(&Dest::File(path.to_path_buf()));
+        log.set(&Dest::File(path.to_path_buf()), true);
         (log, dropped)
     }
 
@@ -807,6 +823,38 @@ mod tests {
         assert_eq!(b["client"], "::1");
     }
 
+    #[test]
+    fn query_strings_can_be_left_out() {
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let path = dir.path().join("access.log");
+        let (log, _) = log_to(&path);
+        let rid = HeaderValue::from_static("r-q");
+        let with_referer = |uri: &str| {
+            let mut req = request(uri, b"x");
+            req.headers_mut().insert(header::REFERER, HeaderValue::from_static("https://app.example/p?session=s3cret#top"));
+            req
+        };
+        let answer = Response::new(());
+        let client = "203.0.113.9".parse().expect("an address");
+        log.begin(client, &with_referer("/api?token=s3cret&x=1"), &rid, Instant::now()).expect("on").answered(&answer).finish(true);
+        log.set(&Dest::File(path.clone()), false);
+        for uri in ["/api?token=s3cret&x=1", "http://nlp.localhost?token=s3cret", "/?"] {
+            log.begin(client, &with_referer(uri), &rid, Instant::now()).expect("on").answered(&answer).finish(true);
+        }
+        log.flush();
+        let got = lines(&path);
+        let fields: Vec<_> = got.iter().map(|l| (l["uri"].as_str().unwrap_or("?"), l["referer"].as_str().unwrap_or("?"))).collect();
+        assert_eq!(
+            fields,
+            [
+                ("/api?token=s3cret&x=1", "https://app.example/p?session=s3cret#top"),
+                ("/api", "https://app.example/p"),
+                ("/", "https://app.example/p"),
+                ("/", "https://app.example/p"),
+            ]
+        );
+    }
+
     impl AccessLog {
         fn flush(&self) {
             drain(&self.shared);
@@ -856,7 +904,7 @@ mod tests {
         assert!(lock(&log.shared.state).started);
         let rid = HeaderValue::from_static("r");
         let begun = log.begin("127.0.0.1".parse().expect("an address"), &request("/late", b"x"), &rid, Instant::now());
-        log.set(&Dest::Off);
+        log.set(&Dest::Off, true);
         let deadline = Instant::now() + Duration::from_secs(5);
         while lock(&log.shared.state).started && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -865,7 +913,7 @@ mod tests {
         // A line begun before is not kept for a later destination.
         drop(Unanswered(begun));
         assert!(lock(&log.shared.state).buf.is_empty());
-        log.set(&Dest::File(dir.path().join("again.log")));
+        log.set(&Dest::File(dir.path().join("again.log")), true);
         assert!(lock(&log.shared.state).started, "on again: a new thread");
     }
 
@@ -886,7 +934,7 @@ mod tests {
         log.flush();
         assert_eq!(lines(&dir.path().join("access.log.1"))[0]["uri"], "/first");
         assert_eq!(lines(&path)[0]["uri"], "/second");
-        log.set(&Dest::Off);
+        log.set(&Dest::Off, true);
         assert!(log.begin("127.0.0.1".parse().expect("an address"), &request("/x", b"x"), &rid, Instant::now()).is_none());
     }
 

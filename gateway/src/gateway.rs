@@ -102,7 +102,7 @@ impl Gateway {
         }
         self.routes.store(Arc::new(Routes::new(config.settings.base_domain.clone(), list)));
         self.settings.store(Arc::new(config.settings.clone()));
-        self.access.set(&config.settings.access_log);
+        self.access.set(&config.settings.access_log, config.settings.access_log_query);
         self.pools.prune();
     }
 

@@ -166,6 +166,12 @@ pub const KEYS: &[Key] = &[
         default: "stdout",
         doc: "one JSON line per request: stdout, stderr, off, or the absolute path of a file (reopened when it is rotated)",
     },
+    Key {
+        name: "access-log-query",
+        scope: Scope::Global,
+        default: "keep",
+        doc: "query strings in the access log's uri and referer: keep, or drop (when they may carry tokens or personal data)",
+    },
     Key { name: "shutdown-grace", scope: Scope::Global, default: "30s", doc: "on SIGTERM, how long in-flight requests may take to finish" },
     Key { name: "reaper-interval", scope: Scope::Global, default: "30s", doc: "how often idle solutions are looked for" },
     Key {
@@ -435,6 +441,8 @@ pub struct Settings {
     pub workers: usize,
     /// Where the access log goes.
     pub access_log: AccessLog,
+    /// The access log keeps query strings (of the target and the `Referer`).
+    pub access_log_query: bool,
     /// Drain time on shutdown.
     pub shutdown_grace: Duration,
     /// Period of the idle check.
@@ -491,6 +499,7 @@ impl Default for Settings {
             admin_listen: parse_addr(DEFAULT_ADMIN_LISTEN),
             workers: 0,
             access_log: AccessLog::Stdout,
+            access_log_query: true,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             reaper_interval: DEFAULT_REAPER_INTERVAL,
             activity_source: ActivitySource::Gateways,
@@ -552,6 +561,13 @@ impl Settings {
                 }
             }
             "access-log" => self.access_log = AccessLog::parse(value)?,
+            "access-log-query" => {
+                self.access_log_query = match value.trim() {
+                    "keep" => true,
+                    "drop" => false,
+                    _ => return Err(format!("expected keep or drop, got {value:?}")),
+                }
+            }
             "shutdown-grace" => self.shutdown_grace = parse_duration(value)?,
             "reaper-interval" => self.reaper_interval = positive(parse_duration(value)?)?,
             "activity-source" => self.activity_source = ActivitySource::parse(value)?,
@@ -893,6 +909,11 @@ mod tests {
             assert_eq!(errs[0].key, "access-log");
             assert!(errs[0].reason.contains("stdout, stderr, off"), "{bad:?}: {}", errs[0].reason);
         }
+        let query = |v: &str| Settings::from_pairs([("access-log-query", v)], "").map(|s| s.access_log_query);
+        assert!(Settings::default().access_log_query);
+        assert_eq!((query("drop"), query(" keep ")), (Ok(false), Ok(true)));
+        let errs = query("strip").unwrap_err();
+        assert_eq!((errs[0].key.as_str(), errs[0].reason.as_str()), ("access-log-query", "expected keep or drop, got \"strip\""));
     }
 
     #[test]
