@@ -316,7 +316,7 @@ impl Line {
             if let Some(v) = headers.get(&name) {
                 let mut v = v.as_bytes();
                 if !queries && name == header::REFERER {
-                    v = v.split(|&b| b == b'?').next().unwrap_or(v);
+                    v = &v[..v.iter().position(|&b| b == b'?').unwrap_or(v.len())];
                 }
                 field(&mut buf, key, Some(cut(v, MAX_FIELD)));
             }
@@ -755,11 +755,14 @@ mod tests {
         }
     }
 
-    fn log_to(path: &std::path::Path) -> (AccessLog, Counter) {
-        let dropped = Counter::default();
-        let log = AccessLog::new(dropped.clone());
-        log.set(&Dest::File(path.to_path_buf()), true);
-        (log, dropped)
+    /// A log writing to `access.log` in a scratch directory (kept while the
+    /// directory lives).
+    fn scratch_log() -> (tempfile::TempDir, std::path::PathBuf, AccessLog) {
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let path = dir.path().join("access.log");
+        let log = AccessLog::new(Counter::default());
+        log.set(&Dest::File(path.clone()), true);
+        (dir, path, log)
     }
 
     fn request(uri: &str, ua: &[u8]) -> http::Request<()> {
@@ -772,9 +775,7 @@ mod tests {
 
     #[test]
     fn a_line_holds_the_request_and_its_answer() {
-        let dir = tempfile::tempdir().expect("a scratch directory");
-        let path = dir.path().join("access.log");
-        let (log, _) = log_to(&path);
+        let (_dir, path, log) = scratch_log();
         let started = Instant::now();
         let rid = HeaderValue::from_static("r-1");
         let mut line = log
@@ -825,9 +826,7 @@ mod tests {
 
     #[test]
     fn query_strings_can_be_left_out() {
-        let dir = tempfile::tempdir().expect("a scratch directory");
-        let path = dir.path().join("access.log");
-        let (log, _) = log_to(&path);
+        let (_dir, path, log) = scratch_log();
         let rid = HeaderValue::from_static("r-q");
         let with_referer = |uri: &str| {
             let mut req = request(uri, b"x");
@@ -863,9 +862,7 @@ mod tests {
 
     #[test]
     fn completed_means_the_whole_answer_reached_the_client() {
-        let dir = tempfile::tempdir().expect("a scratch directory");
-        let path = dir.path().join("access.log");
-        let (log, _) = log_to(&path);
+        let (_dir, path, log) = scratch_log();
         let rid = HeaderValue::from_static("r");
         let now = Instant::now();
         let line = |method: &str, uri: &str| {
@@ -899,8 +896,7 @@ mod tests {
 
     #[test]
     fn the_thread_ends_when_the_log_is_turned_off() {
-        let dir = tempfile::tempdir().expect("a scratch directory");
-        let (log, _) = log_to(&dir.path().join("access.log"));
+        let (dir, _, log) = scratch_log();
         assert!(lock(&log.shared.state).started);
         let rid = HeaderValue::from_static("r");
         let begun = log.begin("127.0.0.1".parse().expect("an address"), &request("/late", b"x"), &rid, Instant::now());
@@ -919,9 +915,7 @@ mod tests {
 
     #[test]
     fn a_rotated_file_is_opened_again_and_off_writes_nothing() {
-        let dir = tempfile::tempdir().expect("a scratch directory");
-        let path = dir.path().join("access.log");
-        let (log, _) = log_to(&path);
+        let (dir, path, log) = scratch_log();
         let rid = HeaderValue::from_static("r");
         let one =
             |uri: &str| drop(Unanswered(log.begin("127.0.0.1".parse().expect("an address"), &request(uri, b"x"), &rid, Instant::now())));
