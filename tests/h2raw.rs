@@ -169,3 +169,66 @@ pub async fn read_until<R: AsyncRead + Unpin>(s: &mut R, wait: Duration, mut sto
         }
     }
 }
+
+/// How an HPACK field representation asks the decoder to treat its table
+/// (RFC 7541 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rep {
+    /// Indexed field: taken from the table.
+    Indexed,
+    /// Literal with incremental indexing: added to the table.
+    Added,
+    /// Literal without indexing.
+    NotIndexed,
+    /// Literal never indexed (by the decoder, nor by any intermediary).
+    NeverIndexed,
+    /// Dynamic table size update.
+    SizeUpdate,
+}
+
+/// The representations of an HPACK header block, in order (strings skipped,
+/// Huffman or not, without decoding them).
+pub fn representations(block: &[u8]) -> Result<Vec<Rep>, String> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    while at < block.len() {
+        let b = block[at];
+        let (rep, prefix) = match b {
+            _ if b & 0x80 != 0 => (Rep::Indexed, 7),
+            _ if b & 0xc0 == 0x40 => (Rep::Added, 6),
+            _ if b & 0xe0 == 0x20 => (Rep::SizeUpdate, 5),
+            _ if b & 0xf0 == 0x10 => (Rep::NeverIndexed, 4),
+            _ => (Rep::NotIndexed, 4),
+        };
+        let index = read_integer(block, &mut at, prefix)?;
+        if matches!(rep, Rep::Added | Rep::NotIndexed | Rep::NeverIndexed) {
+            // A name of its own when the index is 0, then the value.
+            for _ in 0..if index == 0 { 2 } else { 1 } {
+                let len = read_integer(block, &mut at, 7)?;
+                at = at.checked_add(len).filter(|end| *end <= block.len()).ok_or("a string runs past the block")?;
+            }
+        }
+        out.push(rep);
+    }
+    Ok(out)
+}
+
+/// An HPACK integer with an `n`-bit prefix at `block[*at]`; moves `at` past it.
+fn read_integer(block: &[u8], at: &mut usize, n: u32) -> Result<usize, String> {
+    let max = (1usize << n) - 1;
+    let first = *block.get(*at).ok_or("the block ends inside an integer")? as usize & max;
+    *at += 1;
+    if first < max {
+        return Ok(first);
+    }
+    let mut v = max;
+    for shift in (0..28).step_by(7) {
+        let b = *block.get(*at).ok_or("the block ends inside an integer")?;
+        *at += 1;
+        v += usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err("an integer too long".into())
+}

@@ -401,6 +401,34 @@ async fn settles(wg: &Wakegate) -> bool {
     .await
 }
 
+/// Every answer carries a new request id: HPACK-indexed, the ids would fill
+/// the connection's table, each answer evicting the fields worth keeping
+/// (and costing the encoder a walk over the stale ids). They go as literals
+/// never indexed, and the other fields of a repeated answer come from the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_answers_keep_request_ids_out_of_the_hpack_table() {
+    use h2raw::Rep;
+    let wg = Wakegate::start(&config(""));
+    let mut s = TcpStream::connect(wg.public).await.unwrap();
+    h2raw::handshake(&mut s).await.unwrap();
+    let mut blocks = Vec::new();
+    for i in 0..5u32 {
+        let id = 1 + 2 * i;
+        s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, id, &get_block("app.localhost", "/hello"))).await.unwrap();
+        let out = h2raw::read_until(&mut s, Duration::from_secs(5), |f| f.kind == HEADERS && f.stream == id).await;
+        let head = out.frames.iter().find(|f| f.kind == HEADERS && f.stream == id).expect("a response HEADERS frame");
+        assert_ne!(head.flags & END_HEADERS, 0, "the head fits one frame");
+        blocks.push(h2raw::representations(&head.payload).expect("a valid HPACK block"));
+    }
+    for (i, reps) in blocks.iter().enumerate() {
+        assert_eq!(reps.iter().filter(|r| **r == Rep::NeverIndexed).count(), 1, "answer {i}: the id alone is never indexed: {reps:?}");
+    }
+    // Only a Date that turned over a second is added again.
+    let added: usize = blocks[1..].iter().map(|reps| reps.iter().filter(|r| **r == Rep::Added).count()).sum();
+    assert!(added <= 1, "answers 2-5 added {added} fields to the table: {blocks:?}");
+    still_serves(&wg, "five answers on one HTTP/2 connection").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_is_cut_off_and_the_gateway_survives() {
     let wg = Wakegate::start(&config(""));

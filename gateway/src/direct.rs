@@ -341,16 +341,16 @@ impl RawHead {
     }
 
     /// The fields as a header map, with `set` and the own fields (the
-    /// gateway's) replacing those of the same name.
-    fn merged(&self, mut set: HeaderMap) -> HeaderMap {
-        for (name, value) in self.own() {
-            set.insert(name.clone(), value.clone());
-        }
-        let mut map = HeaderMap::with_capacity(self.count + self.more.len() + set.len() + 1);
+    /// gateway's) replacing those of the same name. Built in one map: the
+    /// own fields are inserted last rather than gathered into `set` first
+    /// (every HTTP/2 answer comes this way).
+    fn merged(mut self: Box<Self>, set: HeaderMap) -> HeaderMap {
+        let own = self.own.iter().filter(|v| v.is_some()).count();
+        let mut map = HeaderMap::with_capacity(self.count + self.more.len() + set.len() + own + 1);
         for (n, nl, v, vl) in self.spans() {
             let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
             let name = &self.bytes[n..n + nl];
-            if set.keys().any(|k| same_name(k, name)) {
+            if self.replaced(name) || set.keys().any(|k| same_name(k, name)) {
                 continue;
             }
             // Both were checked by the parser (the same characters as `http`'s).
@@ -365,7 +365,14 @@ impl RawHead {
         {
             map.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
-        map.extend(set);
+        if !set.is_empty() {
+            map.extend(set);
+        }
+        for (name, value) in OWN_NAMES.iter().zip(&mut self.own) {
+            if let Some(value) = value.take() {
+                map.insert(name.clone(), value);
+            }
+        }
         map
     }
 }

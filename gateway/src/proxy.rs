@@ -45,7 +45,13 @@ const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// each store the request again).
 pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> impl Future<Output = Response<Body>> + Send + 'static {
     let started = Instant::now();
-    let rid = request_id::of(req.headers());
+    let mut rid = request_id::of(req.headers());
+    if req.version() == http::Version::HTTP_2 {
+        // Answered as a literal HPACK never indexes: every id is new, and
+        // indexed they would fill the connection's table (h2 evicts the
+        // fields worth keeping, and walks the stale ids for every answer).
+        rid.set_sensitive(true);
+    }
     let mut line = if gw.access.is_on() {
         let client = client::identify(peer.ip(), req.headers(), &gw.settings_ref().trusted_proxies);
         gw.access.begin(client.ip, &req, &rid, started)

@@ -278,11 +278,13 @@ where
             // `map`, not an `async` block: that would store the handler's
             // future twice (captured, then awaited).
             // hyper writes the header map: a head passed on as it came joins it.
-            handler(peer, req).map(move |mut resp| {
+            // Boxed: hyper moves a stream's future several times (into the
+            // stream's task, into the task's cell), so each move is of a pointer.
+            Box::pin(handler(peer, req).map(move |mut resp| {
                 crate::direct::materialize(&mut resp);
                 let log = crate::access_log::answered(&mut resp);
                 Ok::<_, Infallible>(resp.map(|b| Tracked { inner: b, _serving: serving, log }))
-            })
+            }))
         });
         // The same settings for each way of serving; hyper answers 431 itself
         // when a request head outgrows its read buffer, and a non-default
