@@ -3,6 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use wakegate_tests::{Wakegate, alive, eventually, get, metric, proc_stat, testapp_solution};
 
 fn one(args: &str, extra: &str) -> String {
@@ -208,11 +212,24 @@ async fn sigterm_lets_a_slow_request_finish_and_leaves_no_child() {
     let pid = wg.starts()[0];
     let addr = wg.public;
     let slow = tokio::spawn(async move { get(addr, "app.localhost", "/slow?ms=2000", &[]).await });
+    // The same over HTTP/2: the stream runs within its connection's task,
+    // which shuts down gracefully around it.
+    let slow_h2 = tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("the public listener");
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("an HTTP/2 connection");
+        tokio::spawn(conn);
+        let req = Request::get("http://app.localhost/slow?ms=2000").body(Full::new(Bytes::new())).expect("a request");
+        let resp = send.send_request(req).await.expect("an HTTP/2 answer");
+        (resp.status(), resp.into_body().collect().await.expect("the whole body").to_bytes())
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = tokio::task::block_in_place(|| wg.terminate(Duration::from_secs(20)));
     let r = slow.await.unwrap().unwrap();
     assert_eq!(r.status, 200, "the request in flight completed");
     assert_eq!(r.body, "slow done\n");
+    let (h2_status, h2_body) = slow_h2.await.expect("the HTTP/2 client");
+    assert_eq!((h2_status.as_u16(), &h2_body[..]), (200, &b"slow done\n"[..]), "the HTTP/2 stream in flight completed");
     assert!(status.success(), "exit status {status:?}; log:\n{}", wg.log());
     assert!(!alive(pid), "no child survives");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");

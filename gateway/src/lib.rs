@@ -17,6 +17,7 @@ pub mod direct;
 pub mod forward;
 pub mod gateway;
 pub mod h1;
+pub mod h2streams;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;

@@ -20,7 +20,7 @@ use http::{Request, Response};
 use http_body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -29,10 +29,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
 use crate::conn::{ClientIo, Conn, Expiry, Serving};
-use crate::h1;
 use crate::limits::ConnectionLimiter;
 use crate::limits::body::RequestBody;
 use crate::proxy_protocol;
+use crate::{h1, h2streams};
 
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop
 /// does not spin while the condition lasts.
@@ -308,16 +308,18 @@ where
         }
         match proto {
             Proto::H2 => {
-                let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let exec = h2streams::Exec::default();
+                let mut streams = h2streams::Streams::new(&exec);
+                let mut b = hyper::server::conn::http2::Builder::new(exec);
                 h2_settings!(b, opts);
                 let mut stop = drain.stop.clone();
                 let served = async move {
                     let mut served = std::pin::pin!(b.serve_connection(TokioIo::new(io), svc));
                     tokio::select! {
-                        r = served.as_mut() => return r,
+                        r = streams.drive(served.as_mut()) => return r,
                         _ = stopped(&mut stop) => served.as_mut().graceful_shutdown(),
                     }
-                    served.await
+                    streams.drive(served).await
                 };
                 self.drive(tokio::spawn(served), &conn, peer, drain).await;
             }
@@ -344,15 +346,17 @@ where
                     // Built and boxed only when hyper takes over: held in
                     // this future, its connection would make every
                     // connection's state several KiB larger.
-                    let mut b = auto::Builder::new(TokioExecutor::new());
+                    let exec = h2streams::Exec::default();
+                    let mut streams = h2streams::Streams::new(&exec);
+                    let mut b = auto::Builder::new(exec);
                     h1_settings!(b.http1(), opts);
                     h2_settings!(b.http2(), opts);
                     let mut hyper_conn = Box::pin(b.serve_connection_with_upgrades(TokioIo::new(h1::Rewind::new(io, read)), svc));
                     tokio::select! {
-                        r = hyper_conn.as_mut() => return r,
+                        r = streams.drive(hyper_conn.as_mut()) => return r,
                         _ = stopped(&mut stop) => hyper_conn.as_mut().graceful_shutdown(),
                     }
-                    hyper_conn.await
+                    streams.drive(hyper_conn).await
                 };
                 self.drive(tokio::spawn(served), &conn, peer, drain).await;
             }
