@@ -56,13 +56,13 @@ pub(crate) fn spawn_servers(
     let policy: Arc<dyn server::Policy> = gw.clone();
     let mut tasks = Vec::new();
     let g = gw.clone();
-    let handler = move |peer, req| proxy::handle(g.clone(), peer, req);
+    let handler = move |peer, info: Option<&server::ConnInfo>, req| proxy::handle(g.clone(), peer, info, req);
     tasks.push(tokio::spawn(server::serve(public, handler.clone(), policy.clone(), None, shutdown.clone(), grace)));
     if let Some(l) = tls {
         tasks.push(tokio::spawn(server::serve(l, handler, policy, acceptor, shutdown.clone(), grace)));
     }
     let g = gw.clone();
-    let admin_handler = move |_peer, req: http::Request<crate::limits::body::RequestBody>| {
+    let admin_handler = move |_peer, _info: Option<&server::ConnInfo>, req: http::Request<crate::limits::body::RequestBody>| {
         let r = admin::handle(&g, &req);
         async move { r }
     };

@@ -173,7 +173,7 @@ pub struct Service<'a, F> {
     pub handler: &'a F,
     /// The client.
     pub peer: SocketAddr,
-    /// Set on requests of TLS connections.
+    /// What the handler is told of a TLS connection.
     pub info: Option<Arc<ConnInfo>>,
     /// The connection's watchdog state.
     pub conn: &'a Arc<Conn>,
@@ -189,7 +189,7 @@ pub struct Service<'a, F> {
 pub async fn serve<I, F, Fut>(mut io: I, svc: Service<'_, F>, stop: watch::Receiver<bool>) -> io::Result<Option<(I, Bytes)>>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    F: Fn(SocketAddr, Request<RequestBody>) -> Fut,
+    F: Fn(SocketAddr, Option<&ConnInfo>, Request<RequestBody>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
     let mut buf = BytesMut::new();
@@ -231,9 +231,6 @@ where
                 return Ok(None);
             }
         };
-        // Never borrowed here, only moved: a borrowed local keeps its slot in
-        // this future's state for as long as the connection lives.
-        let req = with_conn_info(req, svc.info.as_ref());
         let serving = svc.conn.serving();
         // The head's bytes went with the request; an empty buffer is not
         // kept while the handler works (a held request can wait long).
@@ -245,7 +242,7 @@ where
         let resp = {
             // Pinned where it is made: `tokio::pin!` would move it into a
             // second slot (the handler's future is most of this one's size).
-            let mut answer = std::pin::pin!((svc.handler)(svc.peer, req));
+            let mut answer = std::pin::pin!((svc.handler)(svc.peer, svc.info.as_deref(), req));
             let mut probe = [0u8; 64];
             let mut watching = true;
             loop {
@@ -277,14 +274,6 @@ where
             return Ok(None);
         }
     }
-}
-
-/// `req` marked as received over the TLS connection `info` describes.
-fn with_conn_info(mut req: Request<RequestBody>, info: Option<&Arc<ConnInfo>>) -> Request<RequestBody> {
-    if let Some(info) = info {
-        req.extensions_mut().insert(info.clone());
-    }
-    req
 }
 
 /// Read buffers between requests, for the next read of any connection on

@@ -36,14 +36,20 @@ use crate::{direct, forward};
 /// orchestrator notices a dead process within this time).
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
-/// Handles one request from `peer`.
+/// Handles one request from `peer`, over the TLS connection `info` describes
+/// (`None`: plain).
 ///
 /// Everything decided without waiting (checks, routing, limits, refusals) is
 /// done here, before the returned future exists; only forwarding is a future.
 /// Its size matters: hyper keeps one per connection and moves it for every
 /// request, and every held request keeps one alive (nested `async fn`s would
 /// each store the request again).
-pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> impl Future<Output = Response<Body>> + Send + 'static {
+pub fn handle(
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    info: Option<&ConnInfo>,
+    req: Request<RequestBody>,
+) -> impl Future<Output = Response<Body>> + Send + 'static + use<> {
     let started = Instant::now();
     let mut rid = request_id::of(req.headers());
     if req.version() == http::Version::HTTP_2 {
@@ -58,7 +64,7 @@ pub fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<RequestBody>) -> 
     } else {
         None
     };
-    let (hsts, routed) = match connection_checks(&gw, &req, &rid) {
+    let (hsts, routed) = match connection_checks(&gw, info, &req, &rid) {
         Ok((tls, hsts, host)) => (hsts, route(gw, peer, req, host, tls, &rid, started, &mut line)),
         Err(resp) => (None, Err(*resp)),
     };
@@ -97,8 +103,12 @@ type Checked = (bool, Option<HeaderValue>, Option<HeaderValue>);
 
 /// HTTPS redirect for plain connections, and the SNI/Host agreement check
 /// (421) for TLS ones (`handle` sets `X-Request-Id` on either answer).
-fn connection_checks<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue) -> Result<Checked, Box<Response<Body>>> {
-    let info = req.extensions().get::<Arc<ConnInfo>>();
+fn connection_checks<B>(
+    gw: &Gateway,
+    info: Option<&ConnInfo>,
+    req: &Request<B>,
+    rid: &HeaderValue,
+) -> Result<Checked, Box<Response<Body>>> {
     let is_tls = info.is_some_and(|i| i.tls);
     let view = gw.tls.load();
     let host = host_of(req);

@@ -102,7 +102,9 @@ pub trait Policy: Send + Sync + 'static {
     fn handshake_failed(&self, _e: &std::io::Error) {}
 }
 
-/// What a request knows of its connection (a request extension).
+/// What a request's handler is told of its TLS connection (plain ones: nothing).
+/// An argument rather than a request extension: the first extension costs a
+/// map and two allocations per request.
 #[derive(Debug, Clone, Default)]
 pub struct ConnInfo {
     /// Whether it came over TLS.
@@ -135,7 +137,7 @@ pub async fn serve<F, Fut>(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) where
-    F: Fn(SocketAddr, Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(SocketAddr, Option<&ConnInfo>, Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     // Every connection holds a sender; `recv` returns `None` once all are gone.
@@ -187,7 +189,7 @@ struct Connection<F> {
 
 impl<F, Fut> Connection<F>
 where
-    F: Fn(SocketAddr, Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(SocketAddr, Option<&ConnInfo>, Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     async fn run(self, mut stream: TcpStream, mut peer: SocketAddr, mut drain: Drain) {
@@ -265,26 +267,19 @@ where
         }
         let handler = self.handler.clone();
         let svc_conn = conn.clone();
-        // Plain connections carry no extension: inserting the first one
-        // allocates a map per request, which the common path need not pay.
         let info = info.tls.then_some(info);
         let svc_info = info.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let serving = svc_conn.serving();
-            let mut req = req.map(RequestBody::Hyper);
-            if let Some(info) = &svc_info {
-                req.extensions_mut().insert(info.clone());
-            }
+            let req = req.map(RequestBody::Hyper);
             // `map`, not an `async` block: that would store the handler's
             // future twice (captured, then awaited).
             // hyper writes the header map: a head passed on as it came joins it.
-            // Boxed: hyper moves a stream's future several times (into the
-            // stream's task, into the task's cell), so each move is of a pointer.
-            Box::pin(handler(peer, req).map(move |mut resp| {
+            handler(peer, svc_info.as_deref(), req).map(move |mut resp| {
                 crate::direct::materialize(&mut resp);
                 let log = crate::access_log::answered(&mut resp);
                 Ok::<_, Infallible>(resp.map(|b| Tracked { inner: b, _serving: serving, log }))
-            }))
+            })
         });
         // The same settings for each way of serving; hyper answers 431 itself
         // when a request head outgrows its read buffer, and a non-default
