@@ -686,12 +686,12 @@ fn up_to_second(secs: u64, buf: &mut Vec<u8>) {
 }
 
 fn num(buf: &mut Vec<u8>, n: u64) {
-    buf.extend_from_slice(crate::h1::itoa(n, &mut [0; 20]));
+    buf.extend_from_slice(crate::h1::itoa(n, &mut itoa::Buffer::new()));
 }
 
 /// `n` in decimal, zero-padded to `width` digits.
 fn padded(buf: &mut Vec<u8>, n: u64, width: usize) {
-    let mut b = [0; 20];
+    let mut b = itoa::Buffer::new();
     let digits = crate::h1::itoa(n, &mut b);
     buf.resize(buf.len() + width.saturating_sub(digits.len()), b'0');
     buf.extend_from_slice(digits);
