@@ -30,6 +30,8 @@ use http::{HeaderValue, Method, Response, Version, header};
 use prometheus_client::metrics::counter::Counter;
 use proto::settings::AccessLog as Dest;
 
+use crate::h1::push_decimal;
+
 /// Whether any access log is on: what the gateway answers itself carries its
 /// [`Reason`] only then (an extension costs allocations).
 static RECORDING: AtomicBool = AtomicBool::new(false);
@@ -352,11 +354,11 @@ impl Line {
         let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let buf = &mut self.buf;
         buf.extend_from_slice(b",\"status\":");
-        num(buf, u64::from(status));
+        push_decimal(buf, u64::from(status));
         buf.extend_from_slice(b",\"bytes\":");
-        num(buf, bytes);
+        push_decimal(buf, bytes);
         buf.extend_from_slice(b",\"duration_ms\":");
-        num(buf, micros / 1000);
+        push_decimal(buf, micros / 1000);
         buf.push(b'.');
         padded(buf, micros % 1000, 3);
         if let Some(u) = upstream {
@@ -370,12 +372,12 @@ impl Line {
                 }
             }
             buf.push(b':');
-            num(buf, u64::from(u.port()));
+            push_decimal(buf, u64::from(u.port()));
             buf.push(b'"');
         }
         if let Some(ms) = waited {
             buf.extend_from_slice(b",\"wait_ms\":");
-            num(buf, ms);
+            push_decimal(buf, ms);
         }
         field(buf, "reason", reason.map(str::as_bytes));
         buf.extend_from_slice(if completed { b",\"completed\":true}\n" } else { b",\"completed\":false}\n" });
@@ -685,14 +687,10 @@ fn up_to_second(secs: u64, buf: &mut Vec<u8>) {
     }
 }
 
-fn num(buf: &mut Vec<u8>, n: u64) {
-    buf.extend_from_slice(crate::h1::itoa(n, &mut itoa::Buffer::new()));
-}
-
 /// `n` in decimal, zero-padded to `width` digits.
 fn padded(buf: &mut Vec<u8>, n: u64, width: usize) {
     let mut b = itoa::Buffer::new();
-    let digits = crate::h1::itoa(n, &mut b);
+    let digits = b.format(n).as_bytes();
     buf.resize(buf.len() + width.saturating_sub(digits.len()), b'0');
     buf.extend_from_slice(digits);
 }
@@ -704,7 +702,7 @@ fn ip(buf: &mut Vec<u8>, ip: IpAddr) {
                 if i > 0 {
                     buf.push(b'.');
                 }
-                num(buf, u64::from(octet));
+                push_decimal(buf, u64::from(octet));
             }
         }
         // (`write!` into a Vec cannot fail.)

@@ -345,6 +345,8 @@ impl RawHead {
     /// own fields are inserted last rather than gathered into `set` first
     /// (every HTTP/2 answer comes this way).
     fn merged(mut self: Box<Self>, set: HeaderMap) -> HeaderMap {
+        // Counted, not bounded: the map rounds a third more up to a power of
+        // two, and a slot too many can double its table.
         let own = self.own.iter().filter(|v| v.is_some()).count();
         let mut map = HeaderMap::with_capacity(self.count + self.more.len() + set.len() + own + 1);
         for (n, nl, v, vl) in self.spans() {
