@@ -66,6 +66,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The token file holds no token: every wake would be refused.
+    #[error("the wake token file {path} is empty; every wake request would be refused with 401")]
+    EmptyToken {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// A client from the pod's service account, or `KUBECONFIG` outside a cluster.
@@ -92,6 +98,9 @@ pub async fn run(
         .map_err(|source| Error::Token { path: args.token_file.clone(), source })?
         .trim()
         .to_string();
+    if token.is_empty() {
+        return Err(Error::EmptyToken { path: args.token_file.clone() });
+    }
     let wake_addr = wake_l.local_addr().unwrap_or(args.listen);
     let admin_addr = admin_l.local_addr().unwrap_or(args.admin_listen);
 

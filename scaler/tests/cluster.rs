@@ -128,7 +128,9 @@ struct Scaler {
 }
 
 async fn scaler(api: &TestApi, identity: &str, dir: &std::path::Path) -> Scaler {
-    let token_file = dir.join("token");
+    // One file per scaler: rewriting a shared one would truncate it under a
+    // scaler started just before, which could then read an empty token.
+    let token_file = dir.join(format!("token-{identity}"));
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let args = Args {
         namespace: "wakegate".into(),
@@ -225,6 +227,30 @@ async fn the_wake_api_is_authenticated_and_idempotent() {
     assert_eq!(metric(s.admin, "wakegate_scaler_wake_requests_total{outcome=\"scaled\"}").await, Some(1.0));
     assert_eq!(metric(s.admin, "wakegate_scaler_wake_requests_total{outcome=\"unauthorized\"}").await, Some(2.0));
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_token_file_stops_the_scaler_with_its_name() {
+    let api = kubeapi::start().await;
+    seed(&api, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, " \n").unwrap();
+    let args = Args {
+        namespace: "wakegate".into(),
+        solutions_namespace: "solutions".into(),
+        configmap: "wakegate-config".into(),
+        token_file: token_file.clone(),
+        gateway_service: "wakegate-gateway-admin".into(),
+        identity: "scaler-e".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        lease_duration: Duration::from_secs(3),
+    };
+    let (wake_l, admin_l) = cluster::bind(&args).await.expect("bind");
+    let err = cluster::run(args, client(&api, "scaler"), wake_l, admin_l, std::future::pending()).await.expect_err("refused");
+    let message = err.to_string();
+    assert!(message.contains(&token_file.display().to_string()) && message.contains("empty"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
