@@ -66,12 +66,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The token file holds no token: every wake would be refused.
-    #[error("the wake token file {path} is empty; every wake request would be refused with 401")]
-    EmptyToken {
-        /// The file.
-        path: PathBuf,
-    },
 }
 
 /// A client from the pod's service account, or `KUBECONFIG` outside a cluster.
@@ -94,13 +88,8 @@ pub async fn run(
     admin_l: TcpListener,
     stop: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let token = std::fs::read_to_string(&args.token_file)
-        .map_err(|source| Error::Token { path: args.token_file.clone(), source })?
-        .trim()
-        .to_string();
-    if token.is_empty() {
-        return Err(Error::EmptyToken { path: args.token_file.clone() });
-    }
+    let tokens =
+        wake_api::Tokens::load(args.token_file.clone()).map_err(|source| Error::Token { path: args.token_file.clone(), source })?;
     let wake_addr = wake_l.local_addr().unwrap_or(args.listen);
     let admin_addr = admin_l.local_addr().unwrap_or(args.admin_listen);
 
@@ -108,7 +97,7 @@ pub async fn run(
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (leader_tx, leader_rx) = watch::channel(false);
 
-    let api = Arc::new(wake_api::WakeApi { client: client.clone(), token, metrics: metrics.clone() });
+    let api = Arc::new(wake_api::WakeApi { client: client.clone(), tokens, metrics: metrics.clone() });
     let wake_task = tokio::spawn(serve::serve(
         wake_l,
         move |req| {

@@ -132,6 +132,10 @@ async fn scaler(api: &TestApi, identity: &str, dir: &std::path::Path) -> Scaler 
     // scaler started just before, which could then read an empty token.
     let token_file = dir.join(format!("token-{identity}"));
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    scaler_with(api, identity, token_file).await
+}
+
+async fn scaler_with(api: &TestApi, identity: &str, token_file: PathBuf) -> Scaler {
     let args = Args {
         namespace: "wakegate".into(),
         solutions_namespace: "solutions".into(),
@@ -229,28 +233,36 @@ async fn the_wake_api_is_authenticated_and_idempotent() {
     s.stop().await;
 }
 
+/// Replaces `file` the way the kubelet updates a mounted Secret: a new file
+/// renamed over the old one.
+fn replace(file: &std::path::Path, text: &str) {
+    let next = file.with_extension("next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, file).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_empty_token_file_stops_the_scaler_with_its_name() {
+async fn the_token_file_is_read_again_and_a_rotation_accepts_both_tokens() {
     let api = kubeapi::start().await;
     seed(&api, &[]);
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, " \n").unwrap();
-    let args = Args {
-        namespace: "wakegate".into(),
-        solutions_namespace: "solutions".into(),
-        configmap: "wakegate-config".into(),
-        token_file: token_file.clone(),
-        gateway_service: "wakegate-gateway-admin".into(),
-        identity: "scaler-e".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        lease_duration: Duration::from_secs(3),
-    };
-    let (wake_l, admin_l) = cluster::bind(&args).await.expect("bind");
-    let err = cluster::run(args, client(&api, "scaler"), wake_l, admin_l, std::future::pending()).await.expect_err("refused");
-    let message = err.to_string();
-    assert!(message.contains(&token_file.display().to_string()) && message.contains("empty"), "{message}");
+    // The base's placeholder Secret is empty until an operator fills it in.
+    std::fs::write(&token_file, "").unwrap();
+    let s = scaler_with(&api, "scaler-r", token_file.clone()).await;
+    let status = |token: &'static str| async move { http(s.wake, "POST", "/v1/wake", Some(token), WAKE).await.0 };
+    assert_eq!(status("old").await, 401, "an empty token file accepts nothing");
+    replace(&token_file, "old\n");
+    assert!(eventually(|| async { status("old").await == 200 }).await, "the token filled in is accepted without a restart");
+    assert_eq!(status("new").await, 401);
+    replace(&token_file, "old\nnew\n");
+    assert!(eventually(|| async { status("new").await == 200 }).await, "the new token, added as a second line");
+    assert_eq!(status("old").await, 200, "the old one still, while the rotation is under way");
+    replace(&token_file, "new\n");
+    assert!(eventually(|| async { status("old").await == 401 }).await, "the old token, dropped, is refused");
+    assert_eq!(status("new").await, 200);
+    assert_eq!(status("").await, 401);
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The gateway's side of the scaler's wake API: `POST /v1/wake` with the
 //! bearer token from the mounted Secret (read at every call, so a rotated
-//! token is picked up), retried with backoff while the scaler is unreachable
+//! token is picked up; while a rotation is under way it holds two lines,
+//! tried in turn), retried with backoff while the scaler is unreachable
 //! or answers with a server error. The gateway itself holds no credential
 //! that can scale anything; this request is how it asks.
 
@@ -80,7 +81,24 @@ impl Waker {
         let token = tokio::fs::read_to_string(&self.token_file)
             .await
             .map_err(|e| CallError::Unavailable(format!("cannot read the token file {}: {e}", self.token_file.display())))?;
-        match tokio::time::timeout(CALL_TIMEOUT, self.send(token.trim(), req)).await {
+        // Several lines while a rotation is under way (see the scaler's
+        // wake API): each is presented in turn until one is not refused as
+        // unauthorized, whichever copy of the Secret the scaler has yet.
+        let tokens: Vec<&str> = token.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let Some((last, earlier)) = tokens.split_last() else {
+            return Err(CallError::Unavailable(format!("the token file {} is empty", self.token_file.display())));
+        };
+        for token in earlier {
+            match self.timed(token, req).await {
+                Err(CallError::Refused { status: StatusCode::UNAUTHORIZED, .. }) => {}
+                answer => return answer,
+            }
+        }
+        self.timed(last, req).await
+    }
+
+    async fn timed(&self, token: &str, req: &WakeRequest) -> Result<WakeResponse, CallError> {
+        match tokio::time::timeout(CALL_TIMEOUT, self.send(token, req)).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Unavailable(format!("no answer within {CALL_TIMEOUT:?}"))),
         }
@@ -119,5 +137,68 @@ impl Waker {
         } else {
             Err(CallError::Refused { status, message })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A scaler stand-in accepting only `Bearer new`; records the tokens presented.
+    async fn scaler() -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = s.clone();
+                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let auth = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                    seen.lock().expect("lock").push(auth.clone());
+                    let (status, body) = if auth == "Bearer new" {
+                        (StatusCode::OK, r#"{"scaled":true,"replicas":1}"#)
+                    } else {
+                        (StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized","message":"a valid bearer token is required"}"#)
+                    };
+                    let mut resp = http::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                    *resp.status_mut() = status;
+                    std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+                });
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn each_line_of_the_token_file_is_presented_until_one_is_accepted() {
+        let (url, seen) = scaler().await;
+        let dir = tempfile::tempdir().expect("a directory");
+        let file = dir.path().join("token");
+        let waker = Waker::new(&url, file.clone()).expect("a waker");
+        let req = WakeRequest { namespace: "solutions".into(), deployment: "web".into(), replicas: 1 };
+
+        // Mid-rotation, this gateway's copy still lists the old token first.
+        std::fs::write(&file, "old\nnew\n").expect("write");
+        assert_eq!(waker.call(&req).await.expect("woken"), WakeResponse { scaled: true, replicas: 1 });
+        assert_eq!(*seen.lock().expect("lock"), ["Bearer old", "Bearer new"]);
+
+        seen.lock().expect("lock").clear();
+        std::fs::write(&file, "old\n").expect("write");
+        match waker.call(&req).await {
+            Err(CallError::Refused { status, .. }) => assert_eq!(status, StatusCode::UNAUTHORIZED),
+            other => panic!("a refusal, not {other:?}"),
+        }
+        assert_eq!(*seen.lock().expect("lock"), ["Bearer old"], "one call per token");
+
+        seen.lock().expect("lock").clear();
+        std::fs::write(&file, "\n  \n").expect("write");
+        match waker.call(&req).await {
+            Err(CallError::Unavailable(why)) => assert!(why.contains("is empty"), "{why}"),
+            other => panic!("unavailable, not {other:?}"),
+        }
+        assert!(seen.lock().expect("lock").is_empty(), "nothing sent without a token");
     }
 }
