@@ -149,6 +149,15 @@ async fn catalog_lists_solutions_with_their_state() {
     assert_eq!(v["solutions"][1]["state"], "cold");
     let html = get(wg.public, "localhost", "/", &[("accept", "text/html")]).await.unwrap();
     assert!(html.body.contains("href=\"//app.localhost/\"") && html.body.contains(">ready<"), "{}", html.body);
+    // The gateway's own pages are read-only.
+    for (method, host, path) in
+        [("POST", "localhost", "/"), ("DELETE", "localhost", "/"), ("POST", "app.localhost", "/.well-known/wakegate/status")]
+    {
+        let head = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\naccept: application/json\r\ncontent-length: 0\r\n\r\n");
+        let r = raw::request(wg.public, head.as_bytes()).await;
+        raw::assert_refusal(&r, 405, "method_not_allowed");
+        assert_eq!(r.header("allow"), "GET, HEAD", "{method} {host}{path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,7 +392,8 @@ async fn the_access_log_has_a_json_line_per_request_and_follows_edits() {
     assert!(l.get("wait_ms").is_none(), "app was ready: {l}");
     let l = lines.iter().find(|l| l["status"] == 408).unwrap_or_else(|| panic!("{lines:#?}"));
     assert_eq!((l["reason"].as_str(), l["client"].as_str()), (Some("client_timeout"), Some("127.0.0.1")), "{l}");
-    assert!(l.get("request_id").is_none() && l.get("uri").is_none(), "no request was read: {l}");
+    assert!(l.get("uri").is_none(), "no request was read: {l}");
+    assert_eq!(l["request_id"].as_str().map(str::len), Some(16), "the id the 408 carried: {l}");
 
     // Off, live: no more lines.
     let reloads = |n: f64| {

@@ -15,7 +15,7 @@ use h2raw::{CANCEL, CONTINUATION, END_HEADERS, END_STREAM, HEADERS, PING, RST_ST
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use raw::{Exchange, assert_refusal, exchange, get_request, read_exchange, records, request};
+use raw::{Exchange, RawResponse, assert_refusal, exchange, get_request, read_exchange, records, request};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use wakegate_tests::{Wakegate, eventually, metric, rss, testapp_solution};
@@ -52,6 +52,15 @@ fn assert_nothing_reached_the_solution(wg: &Wakegate) {
 fn assert_400_and_close(case: &str, ex: &Exchange) {
     assert_eq!(ex.statuses(), [400], "{case}: {ex:?}");
     assert!(ex.end.closed(), "{case}: the connection is closed after a malformed message: {ex:?}");
+    assert_says_why(case, ex.one());
+}
+
+/// A refusal of a head that was never read whole: a short text naming its
+/// request id, which the answer carries too.
+fn assert_says_why(case: &str, r: &RawResponse) {
+    let id = r.header("x-request-id");
+    assert!(!id.is_empty(), "{case}: a request id: {r:?}");
+    assert!(r.body.contains(&format!("(request id {id})")) && r.body.len() > id.len() + 20, "{case}: says why: {r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,6 +161,7 @@ async fn malformed_header_lines_get_400_and_close() {
             // A complete request, then garbage: the first is served, the garbage refused.
             assert_eq!(ex.statuses(), [404, 400], "{case}: {ex:?}");
             assert!(ex.end.closed(), "{case}: {ex:?}");
+            assert_says_why(case, &ex.responses[1]);
             continue;
         }
         assert_400_and_close(case, &ex);
@@ -214,9 +224,16 @@ async fn requests_without_a_host_of_ours_are_refused_and_never_forwarded() {
         assert!(r.status == 400 || r.status == 404, "{target}: {r:?}");
         assert!(r.is_gateway_refusal(), "{target}: refused by the gateway, not the solution: {r:?}");
     }
+    // Authority-form is CONNECT's alone: taken as the host, it would route
+    // around a front proxy that decided by `Host`.
+    for target in ["app.localhost", "app.localhost:80", "a"] {
+        let r = request(wg.public, format!("GET {target} HTTP/1.1\r\nhost: app.localhost\r\n{json}\r\n").as_bytes()).await;
+        assert_refusal(&r, 400, "bad_request");
+    }
     still_serves(&wg, "host cases").await;
     assert_nothing_reached_the_solution(&wg);
     let m = wg.metrics().await;
+    assert_eq!(rejected(&m, "bad_request"), 3.0, "{m}");
     assert_eq!(rejected(&m, "missing_host"), 2.0, "{m}");
     assert!(rejected(&m, "unknown_host") + rejected(&m, "bad_host") >= (invalid.len() + 3) as f64, "{m}");
 }
@@ -286,7 +303,22 @@ async fn oversized_heads_get_431_or_414() {
     let ex = exchange(wg.public, big.as_bytes()).await;
     assert_eq!(ex.statuses(), [431], "a 16 KiB header: {ex:?}");
     assert!(ex.end.closed());
+    assert_says_why("a 16 KiB header", ex.one());
     still_serves(&wg, "a 16 KiB header").await;
+
+    // Over the limit however it arrives: just under 8 KiB, then 3 KiB more
+    // that complete it in one read (a check of the read buffer alone,
+    // hyper's, passes it).
+    let head = format!("GET /refused/pieces HTTP/1.1\r\nhost: app.localhost\r\nx-big: {}\r\n\r\n", "b".repeat(11 << 10));
+    let mut s = TcpStream::connect(wg.public).await.unwrap();
+    let first = (8 << 10) - 100;
+    s.write_all(&head.as_bytes()[..first]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(&head.as_bytes()[first..]).await.unwrap();
+    let ex = read_exchange(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(ex.statuses(), [431], "an 11 KiB head in two pieces: {ex:?}");
+    assert_says_why("an 11 KiB head in two pieces", ex.one());
+    still_serves(&wg, "a head in pieces").await;
 
     let mut many = "GET /refused/many HTTP/1.1\r\nhost: app.localhost\r\n".to_string();
     for i in 0..10_000 {
@@ -294,8 +326,10 @@ async fn oversized_heads_get_431_or_414() {
     }
     many.push_str("\r\n");
     let ex = exchange(wg.public, many.as_bytes()).await;
-    assert!(ex.statuses() == [431] || ex.responses.is_empty(), "10,000 headers: {ex:?}");
+    // Answered while the client is still sending: read to the end, not reset.
+    assert_eq!(ex.statuses(), [431], "10,000 headers: {ex:?}");
     assert!(ex.end.closed(), "10,000 headers: {ex:?}");
+    assert_says_why("10,000 headers", ex.one());
     still_serves(&wg, "10,000 headers").await;
 
     let mut some = "GET /refused/some HTTP/1.1\r\nhost: app.localhost\r\n".to_string();
@@ -305,6 +339,7 @@ async fn oversized_heads_get_431_or_414() {
     some.push_str("\r\n");
     let ex = exchange(wg.public, some.as_bytes()).await;
     assert_eq!(ex.statuses(), [431], "30 headers over max-headers = 20: {ex:?}");
+    assert_says_why("30 headers", ex.one());
     still_serves(&wg, "30 headers").await;
 
     let long = format!("/refused/{}", "u".repeat(2048));
@@ -357,6 +392,7 @@ async fn slowloris_heads_get_408_and_close() {
         let (ex, took) = reader.await.unwrap();
         assert_eq!(ex.statuses(), [408], "{ex:?}; log:\n{}", wg.log());
         assert!(ex.end.closed(), "closed after the 408: {ex:?}");
+        assert_says_why("slow head", ex.one());
         assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(3500), "408 at the header timeout: {took:?}");
     }
     still_serves(&wg, "slowloris").await;

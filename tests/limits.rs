@@ -185,6 +185,8 @@ async fn a_third_connection_from_one_address_gets_429_and_close_while_another_ad
     let ex = exchange_on(&mut third, &hello).await;
     assert_eq!(ex.one().status, 429, "{ex:?}");
     assert!(ex.one().header("retry-after").parse::<u64>().is_ok(), "{ex:?}");
+    let id = ex.one().header("x-request-id");
+    assert!(!id.is_empty() && ex.one().body.contains(&format!("too many connections from your address (request id {id})")), "{ex:?}");
     assert!(ex.end.closed(), "and closed: {ex:?}");
 
     let r = get_from(wg.public, B, "app.localhost", "/hello", &[]).await;

@@ -201,11 +201,11 @@ impl AccessLog {
     /// A line for a connection refused before any request was read whole (a
     /// head too slow, too large or malformed, a connection over the limit):
     /// no method, target or request id to tell.
-    pub fn refused(&self, client: IpAddr, status: u16, reason: &str) {
+    pub fn refused(&self, client: IpAddr, status: u16, reason: &str, rid: Option<&HeaderValue>) {
         if !self.is_on() {
             return;
         }
-        let line = Line { buf: Line::start(None, client), started: Instant::now(), head: false, log: self.shared.clone() };
+        let line = Line { buf: Line::start(rid, client), started: Instant::now(), head: false, log: self.shared.clone() };
         line.finish(status, 0, false, Some(reason), None, None);
     }
 }

@@ -176,9 +176,9 @@ impl crate::server::Policy for Gateway {
         }
     }
 
-    fn rejected(&self, reason: &'static str, client: std::net::IpAddr, status: u16) {
+    fn rejected(&self, reason: &'static str, client: std::net::IpAddr, status: u16, rid: Option<&http::HeaderValue>) {
         self.metrics.rejected_unrouted(reason);
-        self.access.refused(client, status, reason);
+        self.access.refused(client, status, reason, rid);
     }
 
     fn handshake_failed(&self, e: &std::io::Error) {

@@ -1,7 +1,9 @@
 //! The gateway's own HTTP/1.1 server loop, for requests without a body (most
 //! of them). Everything else (a body, an upgrade, `Expect`, CONNECT, HTTP/2
-//! prior knowledge, anything it does not parse) is handed to hyper with the
-//! bytes read so far, for the rest of the connection.
+//! prior knowledge, more header fields than it parses) is handed to hyper
+//! with the bytes read so far, for the rest of the connection. A malformed
+//! or oversized head is refused here, with a body and a request id (hyper
+//! answers with neither), and so is ambiguous framing it can tell.
 //!
 //! Why: hyper keeps an 8 KiB read and an 8 KiB write buffer per connection
 //! for as long as a request is in service, and a held request can wait for
@@ -30,6 +32,7 @@ use tokio::sync::watch;
 use crate::body::Body;
 use crate::conn::Conn;
 use crate::limits::body::RequestBody;
+use crate::refusal::Refusal;
 use crate::server::{ConnInfo, Tracked, stopped};
 
 /// Most header fields parsed here; a request with more goes to hyper (which
@@ -94,23 +97,88 @@ enum Parsed {
     Partial,
     /// Not for this loop: hyper takes the connection.
     Handoff,
+    /// Answered here and the connection closed: malformed, or over a limit.
+    Refuse(Refusal),
+}
+
+/// A request head refused by this loop (see [`Parsed::Refuse`]): the
+/// connection's error, so that its refusal is counted and logged.
+#[derive(Debug)]
+pub struct Refused {
+    /// What the client was told.
+    pub refusal: Refusal,
+    /// The request id it was told.
+    pub rid: HeaderValue,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused with {}: {}", self.refusal.status, self.refusal.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn malformed(message: &'static str) -> Parsed {
+    Parsed::Refuse(Refusal::new(http::StatusCode::BAD_REQUEST, "bad_request", message))
+}
+
+fn too_large(message: String) -> Parsed {
+    Parsed::Refuse(Refusal::new(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", message))
+}
+
+/// A head with more than [`MAX_FIELDS`] fields: refused if it has more than
+/// `max_headers` too, else hyper's (parsed again here with room for them,
+/// which only such rare heads pay).
+fn too_many(buf: &[u8], max_headers: usize) -> Parsed {
+    let mut fields = vec![httparse::EMPTY_HEADER; max_headers];
+    match httparse::Request::new(&mut fields).parse(buf) {
+        Err(httparse::Error::TooManyHeaders) => too_large(format!("the request has more than {max_headers} header fields")),
+        _ => Parsed::Handoff,
+    }
+}
+
+/// The length a `Content-Length` value gives: one number of digits (or a
+/// list of the same one, RFC 9110 §8.6) that fits 64 bits, else `None`.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let mut parts = value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+    let first = parts.next().filter(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))?;
+    let n = std::str::from_utf8(first).ok()?.parse().ok()?;
+    parts.all(|p| p == first).then_some(n)
 }
 
 /// Parses the request head at the start of `buf`, taking it off when it is
 /// served here. The head is copied out (a few hundred bytes): the request
 /// then shares nothing with the read buffer, which goes back to [`spare`].
-fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
+///
+/// A head longer than `max_size` is refused however it arrived (hyper's
+/// limit is its read buffer's: a head completed by one large read may pass
+/// it), and so are malformed ones, with a body and a request id (hyper would
+/// answer them with neither).
+fn parse(buf: &mut BytesMut, max_headers: usize, max_size: usize) -> Parsed {
     // Uninitialised: zeroing 64 fields would cost more than parsing most heads.
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max_size => {
+            return too_large(format!("the request head is larger than {max_size} bytes"));
+        }
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Handoff,
+        // More fields than this loop parses: hyper serves the request if it
+        // has no more than `max-headers`.
+        Err(httparse::Error::TooManyHeaders) => return too_many(buf, max_headers),
+        // HTTP/2 with prior knowledge, when the first bytes did not tell.
+        Err(_) if buf.starts_with(crate::conn::H2_PREFACE) => return Parsed::Handoff,
+        Err(httparse::Error::Version) => return malformed("the request line names no HTTP version served here (HTTP/1.0, HTTP/1.1)"),
+        Err(_) => return malformed("the request head is malformed"),
     };
+    if len > max_size {
+        return too_large(format!("the request head is larger than {max_size} bytes"));
+    }
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else { return Parsed::Handoff };
     if req.headers.len() > max_headers {
-        return Parsed::Handoff;
+        return too_large(format!("the request has more than {max_headers} header fields"));
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Handoff };
     if method == Method::CONNECT {
@@ -118,15 +186,28 @@ fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
     }
     let http10 = version == 0;
     let mut keep_alive = !http10;
+    // Framing, checked in every field before anything is handed on.
+    let (mut cl, mut te, mut chunked_last, mut handoff) = (None::<u64>, false, false, false);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let is = |n: &str| crate::forward::name_is(name, n.as_bytes());
         if is("content-length") {
-            if h.value != b"0" {
-                return Parsed::Handoff;
+            let Some(n) = content_length(h.value) else { return malformed("the Content-Length is not one length") };
+            if cl.is_some_and(|first| first != n) {
+                return malformed("the Content-Length fields disagree");
             }
-        } else if is("transfer-encoding") || is("upgrade") || is("expect") || is("http2-settings") {
-            return Parsed::Handoff;
+            cl = Some(n);
+        } else if is("transfer-encoding") {
+            // The last coding must be chunked, and chunked only once (RFC 9112 §6.1).
+            for coding in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if chunked_last {
+                    return malformed("the Transfer-Encoding applies chunked before another coding");
+                }
+                chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+            }
+            te = true;
+        } else if is("upgrade") || is("expect") || is("http2-settings") {
+            handoff = true;
         } else if is("connection") {
             for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
@@ -137,6 +218,15 @@ fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
                 }
             }
         }
+    }
+    if te && http10 {
+        return malformed("HTTP/1.0 has no Transfer-Encoding");
+    }
+    if te && !chunked_last {
+        return malformed("the Transfer-Encoding does not end in chunked");
+    }
+    if te || handoff || cl.is_some_and(|n| n > 0) {
+        return Parsed::Handoff;
     }
     let base = buf.as_ptr() as usize;
     let target = (path.as_ptr() as usize - base, path.len());
@@ -161,10 +251,34 @@ fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
 /// the request if this loop would serve it, `None` if it is incomplete or
 /// would go to hyper (for benchmarks of the hot path).
 pub fn parse_request(buf: &mut BytesMut, max_headers: usize) -> Option<Request<RequestBody>> {
-    match parse(buf, max_headers) {
+    match parse(buf, max_headers, usize::MAX) {
         Parsed::Request(req, _) => Some(req),
-        Parsed::Partial | Parsed::Handoff => None,
+        Parsed::Partial | Parsed::Handoff | Parsed::Refuse(_) => None,
     }
+}
+
+/// How long a refused connection is read from (and what it sends dropped)
+/// before it is closed, and how much of it: closed at once, a client still
+/// sending its head would get a reset instead of the answer (nginx's
+/// `lingering_close`).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// See [`LINGER`].
+const LINGER_MAX: usize = 1 << 20;
+
+/// Stops writing to `io`, then drops what the client still sends (see [`LINGER`]).
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I) {
+    let _ = io.shutdown().await;
+    let mut scratch = [0u8; 4096];
+    let mut left = LINGER_MAX;
+    let _ = tokio::time::timeout(LINGER, async {
+        while left > 0 {
+            match io.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// What serves one connection: the handler, and what it needs around it.
@@ -202,10 +316,16 @@ where
     loop {
         let (req, meta) = loop {
             if !buf.is_empty() {
-                match parse(&mut buf, svc.max_headers) {
+                match parse(&mut buf, svc.max_headers, svc.max_header_size) {
                     Parsed::Request(req, meta) => break (req, meta),
                     Parsed::Handoff => return Ok(Some((io, buf.freeze()))),
-                    Parsed::Partial if buf.len() >= svc.max_header_size => return Ok(Some((io, buf.freeze()))),
+                    Parsed::Refuse(refusal) => {
+                        let rid = crate::request_id::generate();
+                        io.write_all(&refusal.wire(&rid)).await?;
+                        // Boxed: its buffer is no part of every connection's state.
+                        Box::pin(linger(&mut io)).await;
+                        return Err(io::Error::other(Refused { refusal, rid }));
+                    }
                     Parsed::Partial => {}
                 }
             }
@@ -621,19 +741,19 @@ mod tests {
     use super::*;
 
     fn parsed(raw: &'static [u8]) -> Parsed {
-        parse(&mut BytesMut::from(raw), 100)
+        parse(&mut BytesMut::from(raw), 100, 8192)
     }
 
     #[test]
     fn a_bodyless_request_is_parsed_with_its_connection_semantics() {
         let mut buf = BytesMut::from(&b"GET /a?b=1 HTTP/1.1\r\nHost: nlp.localhost\r\nX-Two: 1\r\nx-two: 2\r\n\r\nGET / HTTP/1.0\r\n"[..]);
-        let Parsed::Request(req, meta) = parse(&mut buf, 100) else { panic!("not parsed") };
+        let Parsed::Request(req, meta) = parse(&mut buf, 100, 8192) else { panic!("not parsed") };
         assert_eq!(req.uri(), "/a?b=1");
         assert_eq!(req.headers()["host"], "nlp.localhost");
         assert_eq!(req.headers().get_all("x-two").iter().count(), 2);
         assert_eq!(meta, Meta { keep_alive: true, head: false, http10: false });
         assert_eq!(&buf[..], b"GET / HTTP/1.0\r\n", "the pipelined rest stays");
-        assert!(matches!(parse(&mut buf, 100), Parsed::Partial));
+        assert!(matches!(parse(&mut buf, 100, 8192), Parsed::Partial));
 
         let Parsed::Request(_, meta) = parsed(b"HEAD / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n") else { panic!() };
         assert_eq!(meta, Meta { keep_alive: true, head: true, http10: true });
@@ -645,7 +765,7 @@ mod tests {
     }
 
     #[test]
-    fn bodies_upgrades_and_the_unparsable_go_to_hyper_with_every_byte() {
+    fn bodies_upgrades_and_http2_go_to_hyper_with_every_byte() {
         for raw in [
             &b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc"[..],
             b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
@@ -653,11 +773,9 @@ mod tests {
             b"PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 0\r\n\r\n",
             b"CONNECT a:443 HTTP/1.1\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
-            b"GET / HTTP/1.1\r\nx: \x01\r\n\r\n",
         ] {
             let mut buf = BytesMut::from(raw);
-            assert!(matches!(parse(&mut buf, 100), Parsed::Handoff), "{:?}", String::from_utf8_lossy(raw));
+            assert!(matches!(parse(&mut buf, 100, 8192), Parsed::Handoff), "{:?}", String::from_utf8_lossy(raw));
             assert_eq!(&buf[..], raw, "bytes lost on handoff");
         }
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
@@ -665,7 +783,50 @@ mod tests {
             many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        assert!(matches!(parse(&mut BytesMut::from(&many[..]), 4), Parsed::Handoff), "more than max-headers");
+        let refused = |raw: &[u8], max_headers, max_size| match parse(&mut BytesMut::from(raw), max_headers, max_size) {
+            Parsed::Refuse(r) => r.status.as_u16(),
+            other => panic!("{other:?} for {:?}", String::from_utf8_lossy(raw)),
+        };
+        assert_eq!(refused(&many, 4, 8192), 431, "more than max-headers");
+        let mut seventy = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..70 {
+            seventy.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+        }
+        seventy.extend_from_slice(b"\r\n");
+        assert_eq!(refused(&seventy, 69, 8192), 431, "more than this loop parses, and than max-headers");
+        assert!(matches!(parse(&mut BytesMut::from(&seventy[..]), 100, 8192), Parsed::Handoff), "more than this loop parses only");
+        assert_eq!(refused(b"GET / HTTP/1.1\r\nx: 0123456789\r\n\r\n", 100, 20), 431, "a complete head over the size");
+        assert_eq!(refused(b"GET / HTTP/1.1\r\nx: 0123456789", 100, 20), 431, "an incomplete head at the size");
+    }
+
+    #[test]
+    fn malformed_heads_and_framing_are_refused_here() {
+        for raw in [
+            &b"GET / HTTP/1.1\r\nbad header\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nx: \x01\r\n\r\n",
+            b"G@T / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.2\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: +3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\ncontent-length: 3, 4\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\ncontent-length: 184467440737095516150\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked, identity\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+        ] {
+            match parse(&mut BytesMut::from(raw), 100, 8192) {
+                Parsed::Refuse(r) => assert_eq!(r.status.as_u16(), 400, "{:?}", String::from_utf8_lossy(raw)),
+                other => panic!("{other:?} for {:?}", String::from_utf8_lossy(raw)),
+            }
+        }
+        // The same length twice, or listed twice, is one length (RFC 9110 §8.6).
+        for raw in [
+            &b"POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\ncontent-length: 3, 3\r\n\r\nabc",
+        ] {
+            assert!(matches!(parse(&mut BytesMut::from(raw), 100, 8192), Parsed::Handoff), "{:?}", String::from_utf8_lossy(raw));
+        }
     }
 
     #[test]

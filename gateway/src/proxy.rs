@@ -198,6 +198,13 @@ fn route(
         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Err(r);
     }
+    if req.uri().scheme().is_none() && req.uri().authority().is_some() {
+        // Authority-form (`GET example.com`) is CONNECT's alone (RFC 9112
+        // §3.2.3); taken as a host, it would override `Host`.
+        gw.metrics.rejected_unrouted("bad_request");
+        let r = Refusal::new(StatusCode::BAD_REQUEST, "bad_request", "the request target must be a path or an absolute URL");
+        return Err(r.into_response(req.headers(), rid));
+    }
     let Some(host) = host else {
         gw.metrics.rejected_unrouted("missing_host");
         let r = Refusal::new(StatusCode::BAD_REQUEST, "missing_host", "the request names no single host (one Host header)");
@@ -211,7 +218,12 @@ fn route(
         let routes = gw.routes();
         match routes.route(host_str) {
             Target::Solution(s) => s.clone(),
-            Target::Catalog if req.uri().path() == "/" => return Err(catalog::respond(&gw, &routes, &req, host_str)),
+            Target::Catalog if req.uri().path() == "/" => {
+                if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+                    return Err(read_only(&gw, &req, rid, "the catalog"));
+                }
+                return Err(catalog::respond(&gw, &routes, &req, host_str));
+            }
             Target::Catalog => {
                 gw.metrics.rejected_unrouted("not_found");
                 let r = Refusal::new(StatusCode::NOT_FOUND, "not_found", "the base domain serves only the catalog at /");
@@ -233,6 +245,9 @@ fn route(
         line.solution(&sol.name);
     }
     if req.uri().path() == waiting::STATUS_PATH {
+        if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+            return Err(read_only(&gw, &req, rid, "the wake-up status"));
+        }
         return Err(waiting::status(&sol, req.headers()));
     }
     if let Some(refused) = rate_limit(&sol, client, req.headers(), rid) {
@@ -283,6 +298,15 @@ fn route(
         metrics_sol.metrics.request(&method, resp.status().as_u16());
         resp
     }))
+}
+
+/// 405 for a method other than GET or HEAD on one of the gateway's own pages.
+fn read_only<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue, what: &str) -> Response<Body> {
+    gw.metrics.rejected_unrouted("method_not_allowed");
+    let msg = format!("{what} is read with GET or HEAD, not {}", req.method());
+    let mut r = Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", msg).into_response(req.headers(), rid);
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
 }
 
 /// Per-client, then per-solution rate: `None` if allowed, else the 429.

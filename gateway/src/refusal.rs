@@ -38,6 +38,26 @@ impl Refusal {
         Self::new(StatusCode::NOT_FOUND, "unknown_host", format!("no solution is served at {host}"))
     }
 
+    /// The whole answer as bytes, for a refusal made where no request was read
+    /// whole (a malformed or oversized head, a slow one, a connection over
+    /// the limit): text, the request id, and the connection closed.
+    pub fn wire(&self, request_id: &HeaderValue) -> Vec<u8> {
+        let id = request_id.to_str().unwrap_or("-");
+        let body = format!("{} (request id {id})\n", self.message);
+        let reason = self.status.canonical_reason().unwrap_or("");
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nx-request-id: {id}\r\n",
+            self.status.as_u16(),
+            body.len()
+        );
+        if let Some(secs) = self.retry_after {
+            out.push_str(&format!("retry-after: {secs}\r\n"));
+        }
+        out.push_str("connection: close\r\n\r\n");
+        out.push_str(&body);
+        out.into_bytes()
+    }
+
     /// The response, shaped by the request's `Accept` header.
     pub fn into_response(self, request_headers: &HeaderMap, request_id: &HeaderValue) -> Response<Body> {
         self.respond(request_headers.get(header::ACCEPT), request_id)

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -32,6 +32,8 @@ use crate::conn::{ClientIo, Conn, Expiry, Serving};
 use crate::limits::ConnectionLimiter;
 use crate::limits::body::RequestBody;
 use crate::proxy_protocol;
+use crate::refusal::Refusal;
+use crate::request_id;
 use crate::{h1, h2streams};
 
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop
@@ -97,7 +99,8 @@ pub trait Policy: Send + Sync + 'static {
     /// A connection-level refusal, by reason (for metrics and the access
     /// log), of `client` (the socket peer, or the PROXY header's source),
     /// with the status it was answered (or, closed without one, would be).
-    fn rejected(&self, reason: &'static str, client: std::net::IpAddr, status: u16);
+    /// `rid`: the request id the answer carried, if one was written.
+    fn rejected(&self, reason: &'static str, client: std::net::IpAddr, status: u16, rid: Option<&HeaderValue>);
     /// A TLS handshake failed.
     fn handshake_failed(&self, _e: &std::io::Error) {}
 }
@@ -122,7 +125,7 @@ impl Policy for Fixed {
     fn options(&self) -> Options {
         self.0.clone()
     }
-    fn rejected(&self, reason: &'static str, _client: std::net::IpAddr, _status: u16) {
+    fn rejected(&self, reason: &'static str, _client: std::net::IpAddr, _status: u16, _rid: Option<&HeaderValue>) {
         tracing::debug!(reason, "admin connection refused");
     }
 }
@@ -205,15 +208,17 @@ where
                 }
                 Err(e) => {
                     tracing::info!(%peer, "refused: {e}");
-                    self.policy.rejected("proxy_protocol", peer.ip(), 400);
+                    self.policy.rejected("proxy_protocol", peer.ip(), 400, None);
                     return;
                 }
             }
         }
         let Some(_permit) = self.limiter.acquire(proto::net::client_key(peer.ip()), opts.limit_connections) else {
             tracing::info!(client = %peer.ip(), limit = opts.limit_connections, "too many connections from this client");
-            self.policy.rejected("too_many_connections", peer.ip(), 429);
-            let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+            let rid = request_id::generate();
+            self.policy.rejected("too_many_connections", peer.ip(), 429, Some(&rid));
+            let refusal = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", "too many connections from your address");
+            let _ = stream.try_write(&refusal.retry_after(1).wire(&rid));
             return;
         };
         let proto = match self.tls {
@@ -402,24 +407,33 @@ where
         let _ = (&mut served.0).await;
         if expiry == Expiry::HeaderTimeout {
             tracing::info!(client = %peer.ip(), "request head not received within {:?}: 408", opts.header_timeout);
-            self.policy.rejected("client_timeout", peer.ip(), 408);
             if self.tls.is_none() {
                 // Over TLS the socket carries records, not text: just close.
-                let _ = conn.stream().try_write(REQUEST_TIMEOUT);
+                let rid = request_id::generate();
+                self.policy.rejected("client_timeout", peer.ip(), 408, Some(&rid));
+                let refusal = Refusal::new(StatusCode::REQUEST_TIMEOUT, "client_timeout", "the request head took too long");
+                let _ = conn.stream().try_write(&refusal.wire(&rid));
+            } else {
+                self.policy.rejected("client_timeout", peer.ip(), 408, None);
             }
         }
     }
 
     fn on_error(&self, peer: SocketAddr, e: &(dyn std::error::Error + 'static)) {
+        if let Some(r) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).and_then(|e| e.downcast_ref::<h1::Refused>()) {
+            tracing::info!(client = %peer.ip(), "{}: {}", r.refusal.status.as_u16(), r.refusal.message);
+            self.policy.rejected(r.refusal.reason, peer.ip(), r.refusal.status.as_u16(), Some(&r.rid));
+            return;
+        }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             if h.is_parse_too_large() {
                 tracing::info!(client = %peer.ip(), "request head too large: 431");
-                self.policy.rejected("headers_too_large", peer.ip(), 431);
+                self.policy.rejected("headers_too_large", peer.ip(), 431, None);
                 return;
             }
             if h.is_parse() {
                 tracing::info!(client = %peer.ip(), "malformed request: {h}");
-                self.policy.rejected("bad_request", peer.ip(), 400);
+                self.policy.rejected("bad_request", peer.ip(), 400, None);
                 return;
             }
         }
@@ -483,10 +497,6 @@ fn proto_of(first: &[u8]) -> Proto {
         Proto::H1
     }
 }
-
-const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain\r\ncontent-length: 40\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections from your address\r\n";
-const REQUEST_TIMEOUT: &[u8] =
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 33\r\nconnection: close\r\n\r\nrequest headers took too long\r\n\r\n";
 
 async fn read_proxy_header(stream: &mut TcpStream, timeout: Duration) -> Result<(proxy_protocol::Header, Bytes), proxy_protocol::Error> {
     let mut buf = BytesMut::with_capacity(256);
