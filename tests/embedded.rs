@@ -161,6 +161,22 @@ async fn catalog_lists_solutions_with_their_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_given_as_one_string_means_what_it_means_to_sh() {
+    let wg = Wakegate::start(
+        "[settings]\n\
+         [[solution]]\nname = \"shelly\"\nprobe = \"/healthz\"\n\
+         command = \"cd {dir} && WHO=shell; TESTAPP_STARTS=./starts python3 {testapp} --name $WHO --port {port}\"\n\
+         [[solution]]\nname = \"quits\"\ncommand = \"echo starting; exit 3\"\n",
+    );
+    let r = wg.get("shelly", "/hello").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "hello from shell\n"), "a variable set and expanded: {r:?}");
+    assert!(wg.dir.path().join("starts").exists(), "cd, and an assignment for the command alone");
+    let r = get(wg.public, "quits.localhost", "/", &[("accept", "application/json")]).await.unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("exit status: 3"), "the command's own exit status: {}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened() {
     let wg = Wakegate::start(&config(""));
     for _ in 0..3 {

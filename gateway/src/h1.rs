@@ -191,32 +191,38 @@ fn parse(buf: &mut BytesMut, max_headers: usize, max_size: usize) -> Parsed {
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let is = |n: &str| crate::forward::name_is(name, n.as_bytes());
-        if is("content-length") {
-            let Some(n) = content_length(h.value) else { return malformed("the Content-Length is not one length") };
-            if cl.is_some_and(|first| first != n) {
-                return malformed("the Content-Length fields disagree");
-            }
-            cl = Some(n);
-        } else if is("transfer-encoding") {
-            // The last coding must be chunked, and chunked only once (RFC 9112 §6.1).
-            for coding in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                if chunked_last {
-                    return malformed("the Transfer-Encoding applies chunked before another coding");
+        // By length first: most fields (host, user-agent, accept…) are none
+        // of these, and are told so by one compare.
+        match name.len() {
+            14 if is("content-length") => {
+                let Some(n) = content_length(h.value) else { return malformed("the Content-Length is not one length") };
+                if cl.is_some_and(|first| first != n) {
+                    return malformed("the Content-Length fields disagree");
                 }
-                chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                cl = Some(n);
             }
-            te = true;
-        } else if is("upgrade") || is("expect") || is("http2-settings") {
-            handoff = true;
-        } else if is("connection") {
-            for token in h.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if http10 && token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
+            17 if is("transfer-encoding") => {
+                // The last coding must be chunked, and chunked only once (RFC 9112 §6.1).
+                for coding in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if chunked_last {
+                        return malformed("the Transfer-Encoding applies chunked before another coding");
+                    }
+                    chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                }
+                te = true;
+            }
+            7 | 6 | 14 if is("upgrade") || is("expect") || is("http2-settings") => handoff = true,
+            10 if is("connection") => {
+                for token in h.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if http10 && token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    }
                 }
             }
+            _ => {}
         }
     }
     if te && http10 {

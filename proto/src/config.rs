@@ -184,6 +184,18 @@ fn parse_solution(index: usize, item: &Value, settings: &Settings, base_dir: &Pa
     Some(SolutionSpec { name, description, backend, settings: effective, overrides })
 }
 
+/// The argv of a command written as one string: `sh -c`, as Docker's shell
+/// form and Procfiles run one, so `cd dir && …`, `VAR=1 cmd` and `a; b` mean
+/// what they mean to sh. One plain command (words of ordinary characters, no
+/// assignment first) is `exec`'d, so that it is sh's own process: its exit
+/// status or signal is then reported as its own.
+fn shell(s: &str) -> Vec<String> {
+    let ordinary = |c: char| c.is_ascii_alphanumeric() || " \t-_./:,+@%={}".contains(c);
+    let plain = s.chars().all(ordinary) && s.split_whitespace().next().is_some_and(|w| !w.contains('='));
+    let script = if plain { format!("exec {s}") } else { s.to_string() };
+    vec!["/bin/sh".into(), "-c".into(), script]
+}
+
 fn parse_process(
     cmd: &Value,
     t: &Table,
@@ -193,7 +205,7 @@ fn parse_process(
 ) -> Option<ProcessSpec> {
     let start = errors.len();
     let argv = match cmd {
-        Value::String(s) if !s.trim().is_empty() => vec!["/bin/sh".into(), "-c".into(), format!("exec {s}")],
+        Value::String(s) if !s.trim().is_empty() => shell(s),
         Value::Array(items) if !items.is_empty() => {
             let argv: Option<Vec<String>> = items.iter().map(|v| v.as_str().map(str::to_string)).collect();
             argv.unwrap_or_else(|| {
@@ -275,6 +287,22 @@ upstream = "http://127.0.0.1:9000"
         assert_eq!(folder_of(Path::new("wakegate.toml")), Path::new("."));
         assert_eq!(folder_of(Path::new("examples/wakegate.toml")), Path::new("examples"));
         assert_eq!(folder_of(Path::new("/etc/wakegate.toml")), Path::new("/etc"));
+    }
+
+    #[test]
+    fn a_string_command_means_what_it_means_to_sh() {
+        let script = |s: &str| shell(s).pop().unwrap_or_default();
+        assert_eq!(script("python3 app.py --port={port} -w 2"), "exec python3 app.py --port={port} -w 2", "one plain command");
+        for s in [
+            "cd /srv/app && python3 app.py",
+            "DELAY=0 python3 app.py",
+            "echo x; exit 3",
+            "a | b",
+            "python3 app.py > log 2>&1",
+            "run \"$HOME\"",
+        ] {
+            assert_eq!(script(s), s, "as sh reads it");
+        }
     }
 
     #[test]
