@@ -224,7 +224,19 @@ async fn sigterm_lets_a_slow_request_finish_and_leaves_no_child() {
         (resp.status(), resp.into_body().collect().await.expect("the whole body").to_bytes())
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // While the requests drain, the admin listener still answers: not ready,
+    // and its metrics readable.
+    let admin = wg.admin;
+    let during = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let ready = get(admin, "admin", "/readyz", &[]).await.expect("/readyz while draining");
+        let metrics = get(admin, "admin", "/metrics", &[]).await.expect("/metrics while draining");
+        (ready, metrics)
+    });
     let status = tokio::task::block_in_place(|| wg.terminate(Duration::from_secs(20)));
+    let (ready, metrics) = during.await.unwrap();
+    assert_eq!((ready.status.as_u16(), ready.body.as_str()), (503, "draining\n"), "{ready:?}");
+    assert!(metrics.status == 200 && metrics.body.contains("wakegate_requests_total"), "{metrics:?}");
     let r = slow.await.unwrap().unwrap();
     assert_eq!(r.status, 200, "the request in flight completed");
     assert_eq!(r.body, "slow done\n");

@@ -14,7 +14,7 @@ use crate::body::Body;
 use crate::gateway::Gateway;
 
 /// Answers one admin request.
-pub fn handle<B>(gw: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
+pub fn handle<B>(gw: &Arc<Gateway>, peer: std::net::SocketAddr, req: &Request<B>) -> Response<Body> {
     let (status, ctype, body) = match req.uri().path() {
         "/metrics" => {
             // Ready replicas are read from each solution's published state at
@@ -30,7 +30,7 @@ pub fn handle<B>(gw: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
         "/readyz" if gw.draining() => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".to_string()),
         "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
         "/status" => (StatusCode::OK, "application/json", status(gw)),
-        "/tls/renew" => return renew(req.method()),
+        "/tls/renew" => return renew(req.method(), peer),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz, /readyz, /status or POST /tls/renew\n".to_string()),
     };
     text(status, ctype, body)
@@ -44,10 +44,24 @@ fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Body>
     r
 }
 
+/// Whether `peer` may force a renewal: loopback only. The admin port is open
+/// to Prometheus (in Kubernetes, to its whole namespace), and every forced
+/// order counts against the CA's rate limits (Let's Encrypt: 5 duplicate
+/// certificates a week); reaching loopback takes `kubectl port-forward`
+/// (RBAC on `pods/portforward`) or a shell on the host.
+fn renew_allowed(peer: std::net::SocketAddr) -> bool {
+    let ip = peer.ip();
+    ip.is_loopback() || matches!(ip, std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
+}
+
 /// `POST /tls/renew`: wakes the ACME renewer, whose next pass orders a new
 /// certificate even if the current one is not due. Answers before the order
 /// runs (202); its outcome shows in the log and `wakegate_acme_orders_total`.
-fn renew(method: &Method) -> Response<Body> {
+fn renew(method: &Method, peer: std::net::SocketAddr) -> Response<Body> {
+    if !renew_allowed(peer) {
+        let msg = "POST /tls/renew is served to loopback clients only: use kubectl port-forward (or a shell on the host)\n";
+        return text(StatusCode::FORBIDDEN, "text/plain", msg.to_string());
+    }
     if method != Method::POST {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST /tls/renew\n".to_string());
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
@@ -101,4 +115,27 @@ fn status(gw: &Gateway) -> String {
         "solutions": solutions,
     });
     format!("{v:#}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_clients_force_a_renewal() {
+        for (peer, allowed) in [
+            ("127.0.0.1:5000", true),
+            ("127.3.2.1:5000", true),
+            ("[::1]:5000", true),
+            ("[::ffff:127.0.0.1]:5000", true),
+            ("10.42.0.7:5000", false),
+            ("[fd00::7]:5000", false),
+            ("[::ffff:10.0.0.1]:5000", false),
+        ] {
+            let peer: std::net::SocketAddr = peer.parse().expect("an address");
+            assert_eq!(renew_allowed(peer), allowed, "{peer}");
+            let refused = renew(&Method::POST, peer).status() == StatusCode::FORBIDDEN;
+            assert_eq!(refused, !allowed, "{peer}");
+        }
+    }
 }

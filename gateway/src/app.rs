@@ -54,21 +54,33 @@ pub(crate) fn spawn_servers(
     grace: std::time::Duration,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let policy: Arc<dyn server::Policy> = gw.clone();
-    let mut tasks = Vec::new();
+    let mut public_tasks = Vec::new();
     let g = gw.clone();
     let handler = move |peer, info: Option<&server::ConnInfo>, req| proxy::handle(g.clone(), peer, info, req);
-    tasks.push(tokio::spawn(server::serve(public, handler.clone(), policy.clone(), None, shutdown.clone(), grace)));
+    public_tasks.push(tokio::spawn(server::serve(public, handler.clone(), policy.clone(), None, shutdown.clone(), grace)));
     if let Some(l) = tls {
-        tasks.push(tokio::spawn(server::serve(l, handler, policy, acceptor, shutdown.clone(), grace)));
+        public_tasks.push(tokio::spawn(server::serve(l, handler, policy, acceptor, shutdown.clone(), grace)));
     }
     let g = gw.clone();
-    let admin_handler = move |_peer, _info: Option<&server::ConnInfo>, req: http::Request<crate::limits::body::RequestBody>| {
-        let r = admin::handle(&g, &req);
+    let admin_handler = move |peer: SocketAddr, _info: Option<&server::ConnInfo>, req: http::Request<crate::limits::body::RequestBody>| {
+        let r = admin::handle(&g, peer, &req);
         async move { r }
     };
+    // The admin listener outlives the drain: `/readyz` answers "draining"
+    // meanwhile, and `/metrics` stays readable (the scaler reads every
+    // replica's activity, a draining one's too); it stops once the public
+    // listeners are done.
+    let (admin_stop_tx, admin_stop) = watch::channel(false);
+    let mut stop = shutdown.clone();
+    let admin_waits = tokio::spawn(async move {
+        server::stopped(&mut stop).await;
+        for t in public_tasks {
+            let _ = t.await;
+        }
+        let _ = admin_stop_tx.send(true);
+    });
     let fixed = Arc::new(server::Fixed(server::Options::default()));
-    tasks.push(tokio::spawn(server::serve(admin, admin_handler, fixed, None, shutdown.clone(), grace)));
-    tasks
+    vec![admin_waits, tokio::spawn(server::serve(admin, admin_handler, fixed, None, admin_stop, grace))]
 }
 
 /// Runs embedded mode with `loaded` (from `path`) until `stop` resolves;
