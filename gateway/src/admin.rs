@@ -24,7 +24,7 @@ pub fn handle<B>(gw: &Arc<Gateway>, peer: std::net::SocketAddr, req: &Request<B>
                 let ready = if state.phase == proto::Phase::Ready { state.endpoints.len() } else { 0 };
                 s.metrics.ready.set(i64::try_from(ready).unwrap_or(i64::MAX));
             }
-            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", gw.metrics.encode())
+            (StatusCode::OK, OPENMETRICS, gw.metrics.encode())
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" if gw.draining() => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".to_string()),
@@ -35,6 +35,23 @@ pub fn handle<B>(gw: &Arc<Gateway>, peer: std::net::SocketAddr, req: &Request<B>
     };
     text(status, ctype, body)
 }
+
+/// Answers one admin request while the gateway starts (see
+/// `cluster::serve_while_starting`): alive, not ready yet, metrics so far.
+pub fn starting(metrics: &crate::metrics::Metrics, path: &str) -> Response<Body> {
+    match path {
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/metrics" => text(StatusCode::OK, OPENMETRICS, metrics.encode()),
+        _ => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "starting: waiting for the settings, the solutions and the certificate\n".to_string(),
+        ),
+    }
+}
+
+/// The content type of `/metrics`.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Body> {
     let mut r = Response::new(Body::full(body));

@@ -302,6 +302,51 @@ fn settings() -> Value {
     json!({"base-domain": BASE, "tls-source": "off", "hold-timeout": "60s"})
 }
 
+/// A gateway waiting for its settings answers the kubelet's probes: alive,
+/// not ready (an unanswered liveness probe would restart it into
+/// CrashLoopBackOff), then ready once its ConfigMap appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_it_waits_for_its_configmap_the_gateway_is_alive_but_not_ready() -> Result<()> {
+    let api = kubeapi::start().await;
+    let admin = client(&api, "test")?;
+    let dir = tempfile::tempdir()?;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN)?;
+    let bind = || TcpListener::bind("127.0.0.1:0");
+    let listeners = Listeners { public: bind().await?, admin: bind().await?, tls: bind().await? };
+    let admin_addr = listeners.admin.local_addr()?;
+    let args = Args {
+        namespace: OURS.into(),
+        solutions_namespace: APPS.into(),
+        token_file,
+        scaler_url: "http://127.0.0.1:9".into(),
+        pod_name: POD.into(),
+        ..Args::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let until_stopped = async move {
+        let _ = stopped.await;
+    };
+    let gateway = tokio::spawn(cluster::run_with(args, client(&api, "gateway")?, listeners, until_stopped, std::future::pending()));
+    let (status, body) = eventually("the admin listener answers", || async { get(admin_addr, "admin", "/readyz").await.ok() }).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.starts_with("starting"), "{body}");
+    assert_eq!(get(admin_addr, "admin", "/healthz").await?.0, StatusCode::OK);
+    let (status, metrics) = get(admin_addr, "admin", "/metrics").await?;
+    assert!(status == StatusCode::OK && metrics.contains("# EOF"), "{metrics}");
+
+    let cm: ConfigMap = from_json(json!({"metadata": {"name": "wakegate-config"}, "data": settings()}))?;
+    Api::<ConfigMap>::namespaced(admin, OURS).create(&PostParams::default(), &cm).await?;
+    eventually("ready once its ConfigMap is there", || async {
+        matches!(get(admin_addr, "admin", "/readyz").await, Ok((StatusCode::OK, _))).then_some(())
+    })
+    .await?;
+    assert!(get(admin_addr, "admin", "/status").await?.1.contains("\"solutions\""), "the gateway's own admin server now");
+    let _ = stop.send(());
+    gateway.await??;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cold_solution_wakes_once_for_fifty_concurrent_requests() -> Result<()> {
     let mut rig = Rig::start(settings()).await?;

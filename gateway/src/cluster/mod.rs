@@ -172,6 +172,10 @@ pub async fn run_with(
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::pin!(stop);
+    let Listeners { public, admin, tls } = listeners;
+    // Dropped (or told) once the gateway serves: the admin listener's
+    // answers while it starts end then.
+    let (starting_tx, admin) = serve_while_starting(admin, &metrics);
 
     let (mut settings_rx, mut objects_rx) = spawn_watches(&args, &client, &metrics, &shutdown);
     // Nothing is served before the settings and the solutions are known.
@@ -185,11 +189,11 @@ pub async fn run_with(
 
     let tls_l = match settings_now.tls.source {
         TlsSource::Off => None,
-        _ => Some(listeners.tls),
+        _ => Some(tls),
     };
     let bound = Bound {
-        public: listeners.public.local_addr().unwrap_or(args.listen),
-        admin: listeners.admin.local_addr().unwrap_or(args.admin_listen),
+        public: public.local_addr().unwrap_or(args.listen),
+        admin: admin.local_addr().unwrap_or(args.admin_listen),
         tls: tls_l.as_ref().map(|l| l.local_addr().unwrap_or(args.tls_listen)),
     };
     let (loaded, problems) = live::combine(&settings_now, &objects_now, &args.solutions_namespace, bound);
@@ -206,7 +210,8 @@ pub async fn run_with(
         Some(_) => start_tls(&args, &client, &loaded, &metrics, &shutdown).await?,
     };
 
-    let tasks = crate::app::spawn_servers(&gw, listeners.public, listeners.admin, tls_l, acceptor, &shutdown, grace);
+    let _ = starting_tx.send(true);
+    let tasks = crate::app::spawn_servers(&gw, public, admin, tls_l, acceptor, &shutdown, grace);
     let live = Live {
         gw: gw.clone(),
         settings: settings_rx,
@@ -286,6 +291,36 @@ async fn start_tls(
 }
 
 /// Waits until a configuration and the solution objects are known, saying what it waits for.
+/// Answers on the admin listener while the gateway starts (waiting for its
+/// settings, its solutions, its certificate): alive (`/healthz`), not ready
+/// (`/readyz`, 503), its metrics so far. Unanswered, a liveness probe would
+/// restart a pod that is only waiting (a first ConfigMap with a mistake, a
+/// slow API server) into CrashLoopBackOff. Serves a second handle of the
+/// listener until the returned sender says `true` (or is dropped); the
+/// listener is returned for the gateway's own admin server.
+fn serve_while_starting(admin: TcpListener, metrics: &Arc<Metrics>) -> (watch::Sender<bool>, TcpListener) {
+    use std::os::fd::AsFd;
+    let (tx, rx) = watch::channel(false);
+    let early = admin.as_fd().try_clone_to_owned().and_then(|fd| {
+        let l = std::net::TcpListener::from(fd);
+        l.set_nonblocking(true)?;
+        TcpListener::from_std(l)
+    });
+    match early {
+        Ok(early) => {
+            let metrics = metrics.clone();
+            let handler = move |_peer, _info: Option<&crate::server::ConnInfo>, req: http::Request<crate::limits::body::RequestBody>| {
+                let r = crate::admin::starting(&metrics, req.uri().path());
+                async move { r }
+            };
+            let fixed = Arc::new(crate::server::Fixed(crate::server::Options::default()));
+            tokio::spawn(crate::server::serve(early, handler, fixed, None, rx, Duration::from_secs(1)));
+        }
+        Err(e) => tracing::warn!("the admin listener answers only once the gateway serves: {e}"),
+    }
+    (tx, admin)
+}
+
 async fn initial(
     args: &Args,
     settings: &mut watch::Receiver<Option<Arc<Loaded>>>,
