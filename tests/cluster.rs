@@ -573,7 +573,10 @@ async fn the_alert_rules_name_only_metrics_the_gateway_and_scaler_export() {
     let mut c = Cluster::start_with(&[], 1).await;
     assert_eq!(get(c.public(0), "web.aim.test", "/hello", &[]).await.expect("an answer").status, 200);
     assert_eq!(get(c.public(0), "nothing.aim.test", "/", &[]).await.expect("an answer").status, 404);
-    let page = |addr| async move { get(addr, "admin", "/metrics", &[]).await.expect("the metrics").body };
+    // Asked for as Prometheus asks: OpenMetrics.
+    let page = |addr| async move {
+        get(addr, "admin", "/metrics", &[("accept", "application/openmetrics-text;version=1.0.0")]).await.expect("the metrics").body
+    };
     let exported = [page(c.gateways[0].addr("admin")).await, page(c.scalers[0].addr("admin")).await].concat();
     let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/prometheusrule.yaml"))
         .expect("deploy/base/prometheusrule.yaml");

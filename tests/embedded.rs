@@ -203,7 +203,26 @@ async fn metrics_count_what_happened() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let last = v("wakegate_last_request_timestamp_seconds{solution=\"app\"}").unwrap();
     assert!((now - last).abs() < 10.0, "last request {last} vs now {now}");
-    assert!(m.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    assert_eq!(v("wakegate_config_reloads_total{outcome=\"failure\"}"), Some(0.0), "there before the first reload");
+
+    // The Prometheus text format unless OpenMetrics is asked for (as
+    // Prometheus asks), each valid by its own rules.
+    assert!(!m.contains("# EOF") && m.contains("# TYPE wakegate_requests_total counter\n"), "{m}");
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/install-deps test)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), m.as_bytes()).unwrap();
+    let check = promtool.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(check.status.success(), "promtool check metrics: {said}\n{m}");
+    let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    let om = get(wg.admin, "localhost", "/metrics", &[("accept", prometheus)]).await.unwrap();
+    assert!(om.header("content-type").starts_with("application/openmetrics-text"), "{om:?}");
+    assert!(om.body.ends_with("# EOF\n") && om.body.contains("# TYPE wakegate_requests counter\n"), "OpenMetrics: {}", om.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

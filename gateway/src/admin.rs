@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` (OpenMetrics), `/healthz` (the process is
+//! The admin listener: `/metrics` (OpenMetrics, or the Prometheus text format
+//! unless OpenMetrics is asked for), `/healthz` (the process is
 //! alive), `/readyz` (it accepts traffic; 503 while draining), `/status`
 //! (JSON: every solution's phase, replicas, activity and effective settings)
 //! and `POST /tls/renew` (order a new ACME certificate now, as `cmctl renew`
@@ -24,7 +25,7 @@ pub fn handle<B>(gw: &Arc<Gateway>, peer: std::net::SocketAddr, req: &Request<B>
                 let ready = if state.phase == proto::Phase::Ready { state.endpoints.len() } else { 0 };
                 s.metrics.ready.set(i64::try_from(ready).unwrap_or(i64::MAX));
             }
-            (StatusCode::OK, OPENMETRICS, gw.metrics.encode())
+            metrics_page(req, gw.metrics.encode())
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" if gw.draining() => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".to_string()),
@@ -38,10 +39,13 @@ pub fn handle<B>(gw: &Arc<Gateway>, peer: std::net::SocketAddr, req: &Request<B>
 
 /// Answers one admin request while the gateway starts (see
 /// `cluster::serve_while_starting`): alive, not ready yet, metrics so far.
-pub fn starting(metrics: &crate::metrics::Metrics, path: &str) -> Response<Body> {
-    match path {
+pub fn starting<B>(metrics: &crate::metrics::Metrics, req: &Request<B>) -> Response<Body> {
+    match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/metrics" => text(StatusCode::OK, OPENMETRICS, metrics.encode()),
+        "/metrics" => {
+            let (status, ctype, body) = metrics_page(req, metrics.encode());
+            text(status, ctype, body)
+        }
         _ => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
@@ -50,8 +54,12 @@ pub fn starting(metrics: &crate::metrics::Metrics, path: &str) -> Response<Body>
     }
 }
 
-/// The content type of `/metrics`.
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `/metrics` in the format the scraper asks for (see [`proto::metrics::negotiate`]).
+fn metrics_page<B>(req: &Request<B>, openmetrics: String) -> (StatusCode, &'static str, String) {
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (ctype, page) = proto::metrics::negotiate(accept, openmetrics);
+    (StatusCode::OK, ctype, page)
+}
 
 fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Body> {
     let mut r = Response::new(Body::full(body));

@@ -149,6 +149,10 @@ impl Metrics {
         registry.register(names::SCALE_DOWNS, "Scale-downs to zero, by reason (idle, exited, removed, shutdown)", m.scale_downs.clone());
         registry.register(names::REJECTED, "Requests refused by the gateway, by reason", m.rejected.clone());
         registry.register(names::CONFIG_RELOADS, "Configuration reloads, by outcome (success, failure)", m.reloads.clone());
+        // At 0 before the first reload, so that `increase()` counts the first failure.
+        for outcome in ["success", "failure"] {
+            let _ = m.reloads.get_or_create(&ReloadLabels { outcome });
+        }
         registry.register(
             names::CONFIG_LAST_RELOAD_SUCCESSFUL,
             "1 while the configuration last read was applied; 0 while it is refused (the last good one serves)",

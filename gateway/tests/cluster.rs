@@ -333,7 +333,7 @@ async fn while_it_waits_for_its_configmap_the_gateway_is_alive_but_not_ready() -
     assert!(body.starts_with("starting"), "{body}");
     assert_eq!(get(admin_addr, "admin", "/healthz").await?.0, StatusCode::OK);
     let (status, metrics) = get(admin_addr, "admin", "/metrics").await?;
-    assert!(status == StatusCode::OK && metrics.contains("# EOF"), "{metrics}");
+    assert!(status == StatusCode::OK && metrics.contains("# TYPE wakegate_config_reloads_total counter"), "{metrics}");
 
     let cm: ConfigMap = from_json(json!({"metadata": {"name": "wakegate-config"}, "data": settings()}))?;
     Api::<ConfigMap>::namespaced(admin, OURS).create(&PostParams::default(), &cm).await?;

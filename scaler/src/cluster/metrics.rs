@@ -105,7 +105,9 @@ impl ScalerMetrics {
             "/metrics" => {
                 let mut out = String::new();
                 let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-                reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", out)
+                let accept = req.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let (ctype, page) = proto::metrics::negotiate(accept, out);
+                reply(StatusCode::OK, ctype, page)
             }
             "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
             "/readyz" if self.ready.load(Ordering::Relaxed) => reply(StatusCode::OK, "text/plain", "ready\n"),
