@@ -1,6 +1,7 @@
 //! A self-signed wildcard certificate for `*.<base>` and `<base>`: the
 //! embedded default, so `curl -k https://nlp.localhost:8443/` works with no
-//! setup. Generated at start (ECDSA P-256, aws-lc-rs); browsers show a
+//! setup. Generated at start, and again two thirds into its lifetime for a
+//! gateway that runs that long (ECDSA P-256, aws-lc-rs); browsers show a
 //! warning, which is the honest answer for a certificate nobody vouches for.
 
 use std::time::{Duration, SystemTime};

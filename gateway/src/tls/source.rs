@@ -4,6 +4,7 @@
 //! ([`renew::registered`]) for the admin listener's `POST /tls/renew`.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
@@ -23,6 +24,58 @@ pub enum StartError {
     Acme(#[source] crate::tls::dns::DnsError),
 }
 
+/// Makes a self-signed certificate and serves it.
+fn serve_self_signed(base: &str, resolver: &CertResolver, metrics: &TlsMetrics) -> Result<(), crate::tls::CertError> {
+    let bundle = selfsigned::generate(base)?;
+    let key = bundle.certified_key()?;
+    if let Ok(info) = bundle.info() {
+        metrics.certificate(base, &info);
+    }
+    resolver.swap(key);
+    Ok(())
+}
+
+/// When a self-signed certificate made at `issued` is replaced: two thirds
+/// into its lifetime, as an ACME one without a renewal window (the
+/// certificate alerts fire with a sixth left).
+pub fn self_signed_due(issued: SystemTime) -> SystemTime {
+    issued + selfsigned::SELF_SIGNED_LIFETIME * 2 / 3
+}
+
+/// Replaces the self-signed certificate before it expires, for a gateway
+/// that runs longer than its lifetime. Looks at least hourly (the machine
+/// may have slept); a failure is tried again an hour later.
+async fn self_signed_renewal(
+    base: String,
+    resolver: Arc<CertResolver>,
+    metrics: TlsMetrics,
+    mut issued: SystemTime,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    const LOOK: Duration = Duration::from_secs(3600);
+    loop {
+        let due = self_signed_due(issued);
+        let wait = due.duration_since(SystemTime::now()).unwrap_or_default().clamp(Duration::from_secs(1), LOOK);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = crate::server::stopped(&mut shutdown) => return,
+        }
+        if SystemTime::now() < due {
+            continue;
+        }
+        match serve_self_signed(&base, &resolver, &metrics) {
+            Ok(()) => {
+                issued = SystemTime::now();
+                tracing::info!("replaced the self-signed certificate for *.{base} and {base} before it expires");
+            }
+            Err(e) => {
+                tracing::warn!("cannot make a new self-signed certificate: {e}; trying again in an hour");
+                issued += LOOK;
+            }
+        }
+    }
+}
+
 /// Starts the source for `tls`, serving through `resolver`, until `shutdown`.
 pub async fn start(
     tls: &TlsSettings,
@@ -34,13 +87,9 @@ pub async fn start(
     match &tls.source {
         TlsSource::Off => {}
         TlsSource::SelfSigned => {
-            let bundle = selfsigned::generate(base).map_err(StartError::SelfSigned)?;
-            let key = bundle.certified_key().map_err(StartError::SelfSigned)?;
-            if let Ok(info) = bundle.info() {
-                metrics.certificate(base, &info);
-            }
-            resolver.swap(key);
+            serve_self_signed(base, &resolver, &metrics).map_err(StartError::SelfSigned)?;
             tracing::info!("serving a self-signed certificate for *.{base} and {base} (clients need -k)");
+            tokio::spawn(self_signed_renewal(base.to_string(), resolver, metrics, SystemTime::now(), shutdown));
         }
         TlsSource::Files { cert, key } => {
             let watcher = files::CertFiles::new(cert.clone(), key.clone());
@@ -66,4 +115,19 @@ pub async fn start(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_self_signed_certificate_is_replaced_well_before_the_expiry_alert() {
+        let issued = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let lifetime = selfsigned::SELF_SIGNED_LIFETIME;
+        let left = (issued + lifetime).duration_since(self_signed_due(issued)).unwrap_or_default();
+        assert_eq!(left, lifetime / 3, "replaced with a third of its lifetime left");
+        // `WakegateCertificateExpiresSoon` fires with less than a sixth left.
+        assert!(left > lifetime / 6);
+    }
 }
