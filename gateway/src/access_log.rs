@@ -305,7 +305,14 @@ impl Line {
         field(&mut buf, "host", host.map(|h| cut(h, MAX_FIELD)));
         let queries = log.queries.load(Ordering::Relaxed);
         buf.extend_from_slice(b",\"uri\":");
-        let target = if queries { uri.path_and_query().map(|p| p.as_str()) } else { Some(uri.path()) };
+        let target = if *method == Method::CONNECT {
+            // Authority-form: the target is the host and port asked for.
+            uri.authority().map(|a| a.as_str())
+        } else if queries {
+            uri.path_and_query().map(|p| p.as_str())
+        } else {
+            Some(uri.path())
+        };
         string(&mut buf, cut(target.filter(|t| !t.is_empty()).map_or(b"/", str::as_bytes), MAX_URI));
         buf.extend_from_slice(match version {
             Version::HTTP_09 => b",\"protocol\":\"HTTP/0.9\"",
@@ -769,6 +776,22 @@ mod tests {
 
     fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+    }
+
+    #[test]
+    fn a_connect_line_names_the_authority_asked_for() {
+        let (_dir, path, log) = scratch_log();
+        let req = http::Request::builder().method(Method::CONNECT).uri("example.com:443").body(()).expect("a request");
+        let rid = HeaderValue::from_static("r-c");
+        let mut resp = Response::new(());
+        *resp.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
+        log.begin("203.0.113.9".parse().expect("an address"), &req, &rid, Instant::now())
+            .expect("the log is on")
+            .answered(&resp)
+            .finish(true);
+        log.flush();
+        let got = lines(&path);
+        assert_eq!((got[0]["method"].as_str(), got[0]["uri"].as_str()), (Some("CONNECT"), Some("example.com:443")), "{got:?}");
     }
 
     #[test]

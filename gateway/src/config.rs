@@ -55,6 +55,27 @@ pub fn validate(config: Config) -> Result<Loaded, ConfigErrors> {
     {
         errors.push(ConfigError::new("settings.access-log", format!("{} cannot be opened for appending: {e}", path.display())));
     }
+    // What would fail only once running: a solution's working directory, two
+    // listeners on one address.
+    for s in &config.solutions {
+        if let proto::Backend::Process(p) = &s.backend
+            && !p.cwd.is_dir()
+        {
+            errors.push(ConfigError::new(format!("solution.{}.cwd", s.name), format!("{} is not a directory", p.cwd.display())));
+        }
+    }
+    let mut listeners = vec![("listen", config.settings.listen), ("admin-listen", config.settings.admin_listen)];
+    if let Ok(t) = &tls
+        && t.source != TlsSource::Off
+    {
+        listeners.push(("tls-listen", t.listen));
+    }
+    for (i, (key, addr)) in listeners.iter().enumerate() {
+        if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr && a.port() != 0) {
+            errors
+                .push(ConfigError::new(format!("settings.{key}"), format!("{addr} is {other}'s address too; each listener needs its own")));
+        }
+    }
     match tls {
         Ok(tls) if errors.is_empty() => {
             // A trusted certificate makes the redirect safe by default; a
@@ -94,6 +115,23 @@ mod tests {
         assert!(keys.contains(&"settings.rfc2136-tsig-secret"), "{keys:?}");
         assert!(keys.contains(&"settings.tls-dir"), "{keys:?}");
         assert!(keys.contains(&"settings.ssl-redirect"), "{keys:?}");
+    }
+
+    #[test]
+    fn what_would_fail_only_once_running_is_refused_with_its_key() {
+        let c = Config::parse(
+            "[settings]\nlisten = \"127.0.0.1:8080\"\nadmin-listen = \"127.0.0.1:8080\"\n\
+             [[solution]]\nname = \"app\"\ncommand = \"python3 app.py\"\ncwd = \"/nonexistent/wakegate\"\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let e = validate(c).unwrap_err();
+        assert_eq!(e.keys(), ["solution.app.cwd", "settings.admin-listen"], "{e}");
+        // Port 0 (any free port) is no clash.
+        let c =
+            Config::parse("[settings]\nlisten = \"127.0.0.1:0\"\nadmin-listen = \"127.0.0.1:0\"\ntls-source = \"off\"\n", Path::new("."))
+                .unwrap();
+        assert!(validate(c).is_ok());
     }
 
     #[test]

@@ -218,7 +218,11 @@ fn run(path: PathBuf) -> ExitCode {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors.0 {
-                tracing::error!(key = %e.key, "invalid configuration: {}", e.reason);
+                if e.key.is_empty() {
+                    tracing::error!("invalid configuration: {}", e.reason);
+                } else {
+                    tracing::error!(key = %e.key, "invalid configuration: {}", e.reason);
+                }
             }
             eprintln!("wakegate: {} is invalid; nothing started (run `wakegate check --config {}`)", path.display(), path.display());
             return ExitCode::from(EXIT_CONFIG);

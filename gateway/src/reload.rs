@@ -71,7 +71,11 @@ pub fn reload(path: &Path, gw: &Gateway) -> bool {
         }
         Err(errors) => {
             for e in &errors.0 {
-                tracing::error!(key = %e.key, "rejected: {}", e.reason);
+                if e.key.is_empty() {
+                    tracing::error!("rejected: {}", e.reason);
+                } else {
+                    tracing::error!(key = %e.key, "rejected: {}", e.reason);
+                }
             }
             gw.metrics.reload(false);
             tracing::warn!(

@@ -150,9 +150,10 @@ fn bracketed(raw: &str) -> Option<Cow<'_, str>> {
     Some(if host.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(host.to_ascii_lowercase()) } else { Cow::Borrowed(host) })
 }
 
-/// A port: 1 to 5 digits.
+/// A port as `Host` may carry it: `*DIGIT` (RFC 9110 §7.2, RFC 3986 §3.2.3),
+/// so an empty one too (`example.com:`).
 fn port(digits: &str) -> Option<()> {
-    (!digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())).then_some(())
+    (digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())).then_some(())
 }
 
 #[cfg(test)]
@@ -163,6 +164,7 @@ mod tests {
     fn normalises_hosts() {
         let n = |s| normalize_host(s).map(|c| c.into_owned());
         assert_eq!(n("NLP.Localhost:8080").as_deref(), Some("nlp.localhost"));
+        assert_eq!(n("nlp.localhost:").as_deref(), Some("nlp.localhost"), "an empty port");
         assert_eq!(n("nlp.localhost.").as_deref(), Some("nlp.localhost"));
         assert_eq!(n("nlp.localhost.:80").as_deref(), Some("nlp.localhost"));
         assert_eq!(n("[::1]:8080").as_deref(), Some("[::1]"));
@@ -177,10 +179,8 @@ mod tests {
             "..",
             "a..b",
             ".a",
-            "a.:",
             ":80",
             "app.localhost:80:80",
-            "h:",
             "h:123456",
             "h:8a",
             "[",
@@ -188,7 +188,6 @@ mod tests {
             "[zz]",
             "[]",
             "[::1]x",
-            "[::1]:",
             "a b",
             "a_b",
             "a/b",
@@ -212,7 +211,7 @@ mod tests {
         };
         if !port.is_empty() {
             let digits = port.strip_prefix(':')?;
-            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            if digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
         }
