@@ -12,12 +12,14 @@
 //! | `acme-email` | — | account contact |
 //! | `acme-ca-file` | — | PEM root the CA's HTTPS certificate chains to (test CAs) |
 //! | `acme-eab-kid`, `acme-eab-hmac` | — | External Account Binding (both or neither; HMAC in base64url) |
+//! | `acme-eab-hmac-file` | — | a file holding the HMAC instead (a mounted Secret) |
 //! | `acme-dns-provider` | `rfc2136` | `rfc2136` or `exec` |
 //! | `rfc2136-server` | — | `host[:port]` of the primary nameserver (port 53) |
 //! | `rfc2136-zone` | base domain | the zone to update |
 //! | `rfc2136-tsig-key` | — | TSIG key name |
 //! | `rfc2136-tsig-algorithm` | `hmac-sha256` | `hmac-sha256`, `hmac-sha384`, `hmac-sha512` |
 //! | `rfc2136-tsig-secret` | — | TSIG secret, base64 |
+//! | `rfc2136-tsig-secret-file` | — | a file holding the secret instead (a mounted Secret) |
 //! | `acme-exec-command` | — | command run as `<cmd> present\|cleanup <fqdn> <value>` |
 //! | `acme-propagation-nameservers` | the rfc2136 server | `ip:port,...` asked before the CA is told to look |
 //! | `acme-propagation-timeout` | `2m` | longest wait for those nameservers |
@@ -57,12 +59,14 @@ pub const KEYS: &[&str] = &[
     "acme-ca-file",
     "acme-eab-kid",
     "acme-eab-hmac",
+    "acme-eab-hmac-file",
     "acme-dns-provider",
     "rfc2136-server",
     "rfc2136-zone",
     "rfc2136-tsig-key",
     "rfc2136-tsig-algorithm",
     "rfc2136-tsig-secret",
+    "rfc2136-tsig-secret-file",
     "acme-exec-command",
     "acme-propagation-nameservers",
     "acme-propagation-timeout",
@@ -189,17 +193,18 @@ fn acme(p: &mut Parser<'_>) -> Option<AcmeSettings> {
         p.problem::<()>("acme-email", "not an e-mail address");
     }
     let ca_file = p.get("acme-ca-file").map(PathBuf::from);
-    let eab = match (p.get("acme-eab-kid"), p.get("acme-eab-hmac")) {
-        (None, None) => None,
-        (Some(kid), Some(hmac)) => match decode_base64(hmac) {
+    let hmac = p.credential("acme-eab-hmac");
+    let eab = match (p.get("acme-eab-kid"), hmac) {
+        (_, Err(Noted)) | (None, Ok(None)) => None,
+        (Some(kid), Ok(Some(hmac))) => match decode_base64(&hmac) {
             Some(hmac_key) => Some(Eab { kid: kid.to_string(), hmac_key }),
             None => {
                 p.problem::<()>("acme-eab-hmac", "not base64url");
                 None
             }
         },
-        (Some(_), None) => p.problem("acme-eab-hmac", "required when acme-eab-kid is set"),
-        (None, Some(_)) => p.problem("acme-eab-kid", "required when acme-eab-hmac is set"),
+        (Some(_), Ok(None)) => p.problem("acme-eab-hmac", "required when acme-eab-kid is set (or acme-eab-hmac-file)"),
+        (None, Ok(Some(_))) => p.problem("acme-eab-kid", "required when acme-eab-hmac is set"),
     };
     let dns = match p.get("acme-dns-provider").unwrap_or("rfc2136") {
         "rfc2136" => rfc2136(p),
@@ -233,13 +238,16 @@ fn rfc2136(p: &mut Parser<'_>) -> Option<DnsSettings> {
     let zone = p.get("rfc2136-zone").map(|z| z.trim_end_matches('.').to_ascii_lowercase());
     let name = p.required("rfc2136-tsig-key", WHEN).map(str::to_string);
     let algorithm = p.parse("rfc2136-tsig-algorithm", "hmac-sha256", |v| v.parse::<TsigAlgorithm>());
-    let secret = match (p.get("rfc2136-tsig-secret"), &name) {
-        (Some(s), _) => match BASE64.decode(s.trim().as_bytes()) {
+    let secret = match (p.credential("rfc2136-tsig-secret"), &name) {
+        (Err(Noted), _) => None,
+        (Ok(Some(s)), _) => match BASE64.decode(s.trim().as_bytes()) {
             Ok(b) if !b.is_empty() => Some(b),
             _ => p.problem("rfc2136-tsig-secret", "not base64 (as printed by keymgr or tsig-keygen)"),
         },
-        (None, Some(name)) => p.problem("rfc2136-tsig-secret", format!("required: the base64 secret of TSIG key {name:?}")),
-        (None, None) => p.problem("rfc2136-tsig-secret", format!("required when {WHEN}")),
+        (Ok(None), Some(name)) => {
+            p.problem("rfc2136-tsig-secret", format!("required (or rfc2136-tsig-secret-file): the base64 secret of TSIG key {name:?}"))
+        }
+        (Ok(None), None) => p.problem("rfc2136-tsig-secret", format!("required when {WHEN}")),
     };
     Some(DnsSettings::Rfc2136 { server: server?, zone, key: TsigKey { name: name?, algorithm: algorithm?, secret: secret? } })
 }
@@ -290,6 +298,9 @@ impl TlsSettings {
     }
 }
 
+/// A problem was noted (with its key) by the [`Parser`].
+struct Noted;
+
 struct Parser<'a> {
     pairs: &'a BTreeMap<String, String>,
     problems: Problems,
@@ -311,6 +322,32 @@ impl<'a> Parser<'a> {
             self.problem::<()>(key, format!("required when {when}"));
         }
         v
+    }
+
+    /// A credential: `key`'s value, or the contents of the file `<key>-file`
+    /// names (a mounted Secret, so that the credential stays out of the
+    /// ConfigMap; read whenever the settings are), trimmed.
+    fn credential(&mut self, key: &str) -> Result<Option<String>, Noted> {
+        let file_key = format!("{key}-file");
+        match (self.get(key), self.get(&file_key)) {
+            (Some(_), Some(_)) => {
+                self.problem::<()>(&file_key, format!("set {key} or {file_key}, not both"));
+                Err(Noted)
+            }
+            (Some(v), None) => Ok(Some(v.to_string())),
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+                Ok(_) => {
+                    self.problem::<()>(&file_key, format!("{path} is empty"));
+                    Err(Noted)
+                }
+                Err(e) => {
+                    self.problem::<()>(&file_key, format!("cannot read {path}: {e}"));
+                    Err(Noted)
+                }
+            },
+            (None, None) => Ok(None),
+        }
     }
 
     fn parse<T>(&mut self, key: &str, default: &str, f: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {

@@ -123,3 +123,45 @@ async fn acme_config_checks_the_rfc2136_server_by_default() -> Result<(), Box<dy
     assert!(s.dns_provider("aim.test").ok_or("no provider")?.is_ok());
     Ok(())
 }
+
+#[test]
+fn credentials_may_come_from_files_of_a_mounted_secret() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let (tsig, hmac) = (dir.path().join("tsig-secret"), dir.path().join("eab-hmac"));
+    std::fs::write(&tsig, "c2VjcmV0\n")?;
+    std::fs::write(&hmac, "c2VjcmV0LWJ5dGVz\n")?;
+    let base = [
+        ("tls-source", "acme"),
+        ("tls-dir", "/var/lib/wakegate/tls"),
+        ("acme-directory", "letsencrypt-staging"),
+        ("acme-eab-kid", "kid-1"),
+        ("rfc2136-server", "10.0.0.53"),
+        ("rfc2136-tsig-key", "acme-key"),
+    ];
+    let (tsig_s, hmac_s) = (tsig.display().to_string(), hmac.display().to_string());
+    let mut kv = base.to_vec();
+    kv.extend([("rfc2136-tsig-secret-file", tsig_s.as_str()), ("acme-eab-hmac-file", hmac_s.as_str())]);
+    let s = from_pairs(&pairs(&kv)).map_err(|p| format!("{p:?}"))?;
+    let TlsSource::Acme(a) = s.source else { panic!("not acme") };
+    assert_eq!(a.eab.map(|e| e.hmac_key), Some(b"secret-bytes".to_vec()));
+    let DnsSettings::Rfc2136 { key, .. } = a.dns else { panic!("not rfc2136") };
+    assert_eq!(key.secret, b"secret".to_vec());
+
+    // Both ways at once, a file that is missing, a file that is empty: each named by its key.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n")?;
+    let empty_s = empty.display().to_string();
+    let mut kv = base.to_vec();
+    kv.extend([
+        ("rfc2136-tsig-secret", "c2VjcmV0"),
+        ("rfc2136-tsig-secret-file", tsig_s.as_str()),
+        ("acme-eab-hmac-file", "/nonexistent/eab"),
+    ]);
+    let problems = from_pairs(&pairs(&kv)).expect_err("refused");
+    assert_eq!(keys(&problems), ["acme-eab-hmac-file", "rfc2136-tsig-secret-file"], "{problems:?}");
+    let mut kv = base.to_vec();
+    kv.extend([("rfc2136-tsig-secret-file", empty_s.as_str()), ("acme-eab-hmac", "c2VjcmV0LWJ5dGVz")]);
+    let problems = from_pairs(&pairs(&kv)).expect_err("refused");
+    assert!(problems.iter().any(|(k, r)| k == "rfc2136-tsig-secret-file" && r.contains("is empty")), "{problems:?}");
+    Ok(())
+}
