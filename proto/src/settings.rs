@@ -184,7 +184,12 @@ pub const KEYS: &[Key] = &[
         default: "keep",
         doc: "query strings in the access log's uri and referer: keep, or drop (when they may carry tokens or personal data)",
     },
-    Key { name: "shutdown-grace", scope: Scope::Global, default: "30s", doc: "on SIGTERM, how long in-flight requests may take to finish" },
+    Key {
+        name: "shutdown-grace",
+        scope: Scope::Global,
+        default: "30s",
+        doc: "on SIGTERM, how long in-flight requests may take to finish (restart to change; in a cluster, with terminationGracePeriodSeconds)",
+    },
     Key { name: "reaper-interval", scope: Scope::Global, default: "30s", doc: "how often idle solutions are looked for" },
     Key {
         name: "activity-source",
