@@ -89,14 +89,18 @@ struct State {
 #[derive(Debug, Clone, Copy)]
 pub struct Reason(pub &'static str);
 
-/// The solution endpoint that answered (a response extension, set while the log is on).
-#[derive(Debug, Clone, Copy)]
-pub struct Upstream(pub SocketAddr);
-
-/// How long a request was held for its solution's wake-up, in milliseconds
-/// (a response extension, set while the log is on).
-#[derive(Debug, Clone, Copy)]
-pub struct Waited(pub u64);
+/// What the proxy learnt on a request's way that its line tells: the
+/// solution endpoint that answered (or failed to), and how long the request
+/// was held for a wake-up, in milliseconds. Returned with the response, not
+/// carried in its extensions (the first extension costs a map and two
+/// allocations per request).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Trail {
+    /// The endpoint.
+    pub upstream: Option<SocketAddr>,
+    /// Milliseconds held.
+    pub waited: Option<u64>,
+}
 
 /// Whether an access log is on (see [`RECORDING`]).
 pub fn recording() -> bool {
@@ -188,13 +192,6 @@ impl AccessLog {
     pub fn begin<B>(&self, client: IpAddr, req: &http::Request<B>, rid: &HeaderValue, started: Instant) -> Option<Box<Line>> {
         self.is_on().then(|| Box::new(Line::begin(self.shared.clone(), client, req, rid, started)))
     }
-}
-
-/// Takes the line a response carries (as an extension, from the request
-/// handler) and adds what the response says of itself.
-pub fn answered<B>(resp: &mut Response<B>) -> Option<Box<Answered>> {
-    let line = resp.extensions_mut().remove::<Box<Line>>()?;
-    Some(line.answered(resp))
 }
 
 impl AccessLog {
@@ -339,7 +336,7 @@ impl Line {
     }
 
     /// The answer's part of the line, kept with the response body until its end.
-    pub fn answered<B>(self, resp: &Response<B>) -> Box<Answered> {
+    pub fn answered<B>(self, resp: &Response<B>, trail: Trail) -> Box<Answered> {
         let ext = resp.extensions();
         let status = resp.status();
         // Nothing to send: complete once the head is out.
@@ -348,8 +345,8 @@ impl Line {
             line: Some(self),
             status: status.as_u16(),
             reason: ext.get::<Reason>().map(|r| r.0),
-            upstream: ext.get::<Upstream>().map(|u| u.0),
-            waited: ext.get::<Waited>().map(|w| w.0),
+            upstream: trail.upstream,
+            waited: trail.waited,
             bytes: 0,
             ended: bodyless,
             failed: false,
@@ -787,7 +784,7 @@ mod tests {
         *resp.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
         log.begin("203.0.113.9".parse().expect("an address"), &req, &rid, Instant::now())
             .expect("the log is on")
-            .answered(&resp)
+            .answered(&resp, Trail::default())
             .finish(true);
         log.flush();
         let got = lines(&path);
@@ -806,23 +803,24 @@ mod tests {
         let mut resp = Response::new(());
         *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
         resp.extensions_mut().insert(Reason("hold_timeout"));
-        resp.extensions_mut().insert(Upstream("127.0.0.1:4000".parse().expect("an address")));
-        let mut answered = line.answered(&resp);
+        let trail = Trail { upstream: Some("127.0.0.1:4000".parse().expect("an address")), waited: Some(1000) };
+        let mut answered = line.answered(&resp, trail);
         answered.frame::<()>(&Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"12345")))));
         answered.frame::<()>(&None);
         answered.finish(false);
         drop(Unanswered(log.begin("::1".parse().expect("an address"), &request("/held", b"x"), &rid, started)));
-        let mut v6 = Response::new(());
-        v6.extensions_mut().insert(Upstream("[fd00::7]:8080".parse().expect("an address")));
+        let v6 = Response::new(());
+        let v6_trail = Trail { upstream: Some("[fd00::7]:8080".parse().expect("an address")), waited: None };
         log.begin("::1".parse().expect("an address"), &request("/v6", b"x"), &rid, started)
             .expect("the log is on")
-            .answered(&v6)
+            .answered(&v6, v6_trail)
             .finish(true);
         log.flush();
         let got = lines(&path);
         assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!((got[2]["upstream"].as_str(), got[2]["completed"].as_bool()), (Some("[fd00::7]:8080"), Some(true)));
         let a = &got[0];
+        assert_eq!(a["wait_ms"], 1000, "{a}");
         for (key, want) in [
             ("request_id", "r-1"),
             ("client", "203.0.113.9"),
@@ -856,10 +854,13 @@ mod tests {
         };
         let answer = Response::new(());
         let client = "203.0.113.9".parse().expect("an address");
-        log.begin(client, &with_referer("/api?token=s3cret&x=1"), &rid, Instant::now()).expect("on").answered(&answer).finish(true);
+        log.begin(client, &with_referer("/api?token=s3cret&x=1"), &rid, Instant::now())
+            .expect("on")
+            .answered(&answer, Trail::default())
+            .finish(true);
         log.set(&Dest::File(path.clone()), false);
         for uri in ["/api?token=s3cret&x=1", "http://nlp.localhost?token=s3cret", "/?"] {
-            log.begin(client, &with_referer(uri), &rid, Instant::now()).expect("on").answered(&answer).finish(true);
+            log.begin(client, &with_referer(uri), &rid, Instant::now()).expect("on").answered(&answer, Trail::default()).finish(true);
         }
         log.flush();
         let got = lines(&path);
@@ -891,22 +892,22 @@ mod tests {
             log.begin("127.0.0.1".parse().expect("an address"), &req, &rid, now).expect("the log is on")
         };
         // A HEAD answer and a 204 have no body to wait for.
-        line("HEAD", "/head").answered(&Response::new(())).finish(false);
+        line("HEAD", "/head").answered(&Response::new(()), Trail::default()).finish(false);
         let mut no_content = Response::new(());
         *no_content.status_mut() = http::StatusCode::NO_CONTENT;
-        line("DELETE", "/204").answered(&no_content).finish(false);
+        line("DELETE", "/204").answered(&no_content, Trail::default()).finish(false);
         // A body read to its end whose write to the client failed.
-        let mut cut = line("GET", "/cut").answered(&Response::new(()));
+        let mut cut = line("GET", "/cut").answered(&Response::new(()), Trail::default());
         cut.frame::<()>(&Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"abc")))));
         cut.frame::<()>(&None);
         cut.cut();
         cut.finish(true);
         // A body that stopped before its end.
-        let mut short = line("GET", "/short").answered(&Response::new(()));
+        let mut short = line("GET", "/short").answered(&Response::new(()), Trail::default());
         short.frame::<()>(&Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"abc")))));
         short.finish(false);
         // One client's long target is cut, not the whole buffer's worth.
-        line("GET", &format!("/{}", "a".repeat(3 * MAX_URI))).answered(&Response::new(())).finish(true);
+        line("GET", &format!("/{}", "a".repeat(3 * MAX_URI))).answered(&Response::new(()), Trail::default()).finish(true);
         log.flush();
         let got = lines(&path);
         let completed: Vec<_> = got.iter().map(|l| (l["uri"].as_str().unwrap_or("").len().min(99), l["completed"].as_bool())).collect();

@@ -63,7 +63,7 @@ pub(crate) fn spawn_servers(
     }
     let g = gw.clone();
     let admin_handler = move |peer: SocketAddr, _info: Option<&server::ConnInfo>, req: http::Request<crate::limits::body::RequestBody>| {
-        let r = admin::handle(&g, peer, &req);
+        let r = server::Answer::from(admin::handle(&g, peer, &req));
         async move { r }
     };
     // The admin listener outlives the drain: `/readyz` answers "draining"

@@ -29,7 +29,6 @@ use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
-use crate::body::Body;
 use crate::conn::Conn;
 use crate::limits::body::RequestBody;
 use crate::refusal::Refusal;
@@ -310,7 +309,7 @@ pub async fn serve<I, F, Fut>(mut io: I, svc: Service<'_, F>, stop: watch::Recei
 where
     I: AsyncRead + AsyncWrite + Unpin,
     F: Fn(SocketAddr, Option<&ConnInfo>, Request<RequestBody>) -> Fut,
-    Fut: Future<Output = Response<Body>>,
+    Fut: Future<Output = crate::server::Answer>,
 {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
@@ -388,8 +387,7 @@ where
             }
         };
         let closing = *stop.borrow();
-        let mut resp = resp;
-        let log = crate::access_log::answered(&mut resp);
+        let crate::server::Answer { resp, log } = resp;
         let resp = resp.map(|b| Tracked { inner: b, _serving: serving, log });
         let keep = write_response(&mut io, &mut out, resp, meta, closing).await?;
         if out.capacity() > COPY_MAX * 2 {

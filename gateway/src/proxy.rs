@@ -26,7 +26,7 @@ use crate::metrics;
 use crate::refusal::Refusal;
 use crate::request_id;
 use crate::router::Target;
-use crate::server::ConnInfo;
+use crate::server::{Answer, ConnInfo};
 use crate::solution::{Activity, OwnedActivity, SolutionRt};
 use crate::upstream::{self, Done, SendError, Sent};
 use crate::{catalog, waiting};
@@ -49,7 +49,7 @@ pub fn handle(
     peer: SocketAddr,
     info: Option<&ConnInfo>,
     req: Request<RequestBody>,
-) -> impl Future<Output = Response<Body>> + Send + 'static + use<> {
+) -> impl Future<Output = Answer> + Send + 'static + use<> {
     let started = Instant::now();
     let mut rid = request_id::of(req.headers());
     if req.version() == http::Version::HTTP_2 {
@@ -72,28 +72,28 @@ pub fn handle(
     let mut unanswered = access_log::Unanswered(line);
     let routed = match routed {
         Ok(forwarding) => Either::Right(forwarding),
-        Err(resp) => Either::Left(ready(resp)),
+        Err(resp) => Either::Left(ready((resp, access_log::Trail::default()))),
     };
-    routed.map(move |mut resp| {
+    routed.map(move |(mut resp, trail)| {
+        let mut log = None;
         if let Some(line) = unanswered.0.take() {
+            let answered = line.answered(&resp, trail);
             // An upgrade's line waits for its tunnel to close.
             match resp.extensions().get::<access_log::Tunnel>() {
-                Some(tunnel) => tunnel.attach(line.answered(&resp)),
-                None => {
-                    resp.extensions_mut().insert(line);
-                }
+                Some(tunnel) => tunnel.attach(answered),
+                None => log = Some(answered),
             }
         }
         // A solution's head passed on as it came carries them (no map needed).
         if let Some(raw) = resp.body_mut().raw_head_mut() {
             raw.set_own(rid, hsts);
-            return resp;
+            return Answer { resp, log };
         }
         if let Some(v) = hsts {
             resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
         }
         resp.headers_mut().insert(request_id::NAME.clone(), rid);
-        resp
+        Answer { resp, log }
     })
 }
 
@@ -178,7 +178,7 @@ fn route(
     rid: &HeaderValue,
     started: Instant,
     line: &mut Option<Box<access_log::Line>>,
-) -> Result<impl Future<Output = Response<Body>> + Send + 'static + use<>, Response<Body>> {
+) -> Result<impl Future<Output = (Response<Body>, access_log::Trail)> + Send + 'static + use<>, Response<Body>> {
     let (max_uri, client) = {
         let s = gw.settings_ref();
         (s.max_uri_length, client::identify(peer.ip(), req.headers(), &s.trusted_proxies))
@@ -290,9 +290,9 @@ fn route(
     let req = req.map(|b| LimitedBody::new(b, limit));
     let f = Forwarding { req, forwarded, accept, client_upgrade, navigation, direct, rid: rid.clone(), started };
     let metrics_sol = sol.clone();
-    Ok(forward(gw, sol, spec, f).map(move |resp| {
-        metrics_sol.metrics.request(&method, resp.status().as_u16());
-        resp
+    Ok(forward(gw, sol, spec, f).map(move |answer| {
+        metrics_sol.metrics.request(&method, answer.0.status().as_u16());
+        answer
     }))
 }
 
@@ -384,7 +384,7 @@ fn forward(
     sol: Arc<SolutionRt>,
     spec: Arc<proto::SolutionSpec>,
     mut f: Forwarding,
-) -> impl Future<Output = Response<Body>> + Send + 'static {
+) -> impl Future<Output = (Response<Body>, access_log::Trail)> + Send + 'static {
     async move {
         let sol = &sol;
         let settings = &spec.settings;
@@ -420,7 +420,7 @@ fn forward(
                     let Ok(permit) = tokio::time::timeout_at(until, upstream::permit(&ep)).await else {
                         upstream::abort(&ep);
                         let resp = upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
-                        return with_upstream(&gw, ep.addr, waited, resp);
+                        return with_upstream(ep.addr, waited, resp);
                     };
                     // Why the request did not reach the solution: then it is
                     // sent again (another endpoint, a new connection) or held.
@@ -429,25 +429,25 @@ fn forward(
                         let sending = direct::send(&ep, &f.req, added, settings.upstream_connect_timeout);
                         match tokio::time::timeout_at(until, sending).await {
                             Ok(Ok(answer)) => {
-                                return with_upstream(&gw, ep.addr, waited, respond_direct(ep, answer, permit, activity, f.started));
+                                return with_upstream(ep.addr, waited, respond_direct(ep, answer, permit, activity, f.started));
                             }
                             Ok(Err(direct::Error::NotSent(why))) => why,
                             Ok(Err(direct::Error::Failed(why))) => {
                                 upstream::abort(&ep);
                                 let resp = refuse(sol, upstream_failed(sol, &why), reply_headers, rid);
-                                return with_upstream(&gw, ep.addr, waited, resp);
+                                return with_upstream(ep.addr, waited, resp);
                             }
                             Err(_) => {
                                 upstream::abort(&ep);
                                 let resp = upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
-                                return with_upstream(&gw, ep.addr, waited, resp);
+                                return with_upstream(ep.addr, waited, resp);
                             }
                         }
                     } else {
                         let sending = upstream::send(&ep, f.req, settings.upstream_connect_timeout, permit);
                         match Box::pin(tokio::time::timeout_at(until, sending)).await {
                             Ok(Ok(sent)) => {
-                                return with_upstream(&gw, ep.addr, waited, respond(ep, sent, activity, f.client_upgrade, f.started));
+                                return with_upstream(ep.addr, waited, respond(ep, sent, activity, f.client_upgrade, f.started));
                             }
                             Ok(Err(SendError::NotSent(r, why))) => {
                                 f.req = *r;
@@ -456,12 +456,12 @@ fn forward(
                             Ok(Err(SendError::Failed(e))) => {
                                 upstream::abort(&ep);
                                 let resp = refuse(sol, classify(sol, &e), reply_headers, rid);
-                                return with_upstream(&gw, ep.addr, waited, resp);
+                                return with_upstream(ep.addr, waited, resp);
                             }
                             Err(_) => {
                                 upstream::abort(&ep);
                                 let resp = upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
-                                return with_upstream(&gw, ep.addr, waited, resp);
+                                return with_upstream(ep.addr, waited, resp);
                             }
                         }
                     };
@@ -471,7 +471,7 @@ fn forward(
                     if Instant::now() + RETRY_PAUSE >= deadline {
                         let msg = format!("{} did not accept the connection", sol.name);
                         let resp = refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), reply_headers, rid);
-                        return with_upstream(&gw, ep.addr, waited, resp);
+                        return with_upstream(ep.addr, waited, resp);
                     }
                     Box::pin(tokio::time::sleep(RETRY_PAUSE)).await;
                     continue;
@@ -484,26 +484,22 @@ fn forward(
                 let retry = failure.map_or(1, |e| e.retry_at.saturating_duration_since(now).as_secs() + 1);
                 let why = failure.map_or("it failed to start", |e| e.message.as_str());
                 let msg = format!("{} could not be started: {why}; it will be retried", sol.name);
-                return refuse(
-                    sol,
-                    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "wake_failed", msg).retry_after(retry),
-                    reply_headers,
-                    rid,
-                );
+                let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "wake_failed", msg).retry_after(retry);
+                return (refuse(sol, r, reply_headers, rid), access_log::Trail::default());
             }
             if matches!(state.phase, Phase::Cold | Phase::Failed | Phase::Stopping) {
                 sol.handle.wake();
             }
             if held.is_none() {
                 if f.navigation {
-                    return waiting::page(sol, &state);
+                    return (waiting::page(sol, &state), access_log::Trail::default());
                 }
                 match Activity::try_held(sol, settings.max_held_requests.get()) {
                     Some(a) => held = Some(a),
                     None => {
                         let msg = format!("too many requests are waiting for {} to start; try again shortly", sol.name);
                         let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, metrics::HOLD_FULL, msg).retry_after(retry_hint(&state));
-                        return refuse(sol, r, reply_headers, rid);
+                        return (refuse(sol, r, reply_headers, rid), access_log::Trail::default());
                     }
                 }
                 // Subscribe, then look again: no change can slip in between.
@@ -518,37 +514,28 @@ fn forward(
                     let msg = format!("{} was removed from the configuration", sol.name);
                     let resp =
                         refuse(sol, Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "removed", msg).retry_after(5), reply_headers, rid);
-                    return with_wait(&gw, f.started, resp);
+                    return with_wait(f.started, resp);
                 }
                 Err(_) => {
                     let msg = format!("{} did not become ready within {}", sol.name, proto::units::format_duration(settings.hold_timeout));
                     let r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, metrics::HOLD_TIMEOUT, msg).retry_after(retry_hint(&state));
-                    return with_wait(&gw, f.started, refuse(sol, r, reply_headers, rid));
+                    return with_wait(f.started, refuse(sol, r, reply_headers, rid));
                 }
             }
         }
     }
 }
 
-/// Names the endpoint that answered (or failed to), and how long the request
-/// was held for a wake-up, for the access log (while it is on).
-fn with_upstream(gw: &Gateway, addr: SocketAddr, waited: Option<u32>, mut resp: Response<Body>) -> Response<Body> {
-    if gw.access.is_on() {
-        resp.extensions_mut().insert(access_log::Upstream(addr));
-        if let Some(ms) = waited {
-            resp.extensions_mut().insert(access_log::Waited(u64::from(ms)));
-        }
-    }
-    resp
+/// `resp` with the endpoint that answered (or failed to), and how long the
+/// request was held for a wake-up, for the access log.
+fn with_upstream(addr: SocketAddr, waited: Option<u32>, resp: Response<Body>) -> (Response<Body>, access_log::Trail) {
+    (resp, access_log::Trail { upstream: Some(addr), waited: waited.map(u64::from) })
 }
 
-/// A held request given up on: how long it was held, for the access log.
-fn with_wait(gw: &Gateway, started: Instant, mut resp: Response<Body>) -> Response<Body> {
-    if gw.access.is_on() {
-        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        resp.extensions_mut().insert(access_log::Waited(ms));
-    }
-    resp
+/// A held request given up on, with how long it was held, for the access log.
+fn with_wait(started: Instant, resp: Response<Body>) -> (Response<Body>, access_log::Trail) {
+    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    (resp, access_log::Trail { upstream: None, waited: Some(ms) })
 }
 
 fn upstream_timeout(

@@ -105,6 +105,21 @@ pub trait Policy: Send + Sync + 'static {
     fn handshake_failed(&self, _e: &std::io::Error) {}
 }
 
+/// A handler's answer: the response, and its access log line (while the log
+/// is on), which the server completes as the body goes out.
+pub struct Answer {
+    /// The response.
+    pub resp: Response<Body>,
+    /// Its line.
+    pub log: Option<Box<crate::access_log::Answered>>,
+}
+
+impl From<Response<Body>> for Answer {
+    fn from(resp: Response<Body>) -> Self {
+        Answer { resp, log: None }
+    }
+}
+
 /// What a request's handler is told of its TLS connection (plain ones: nothing).
 /// An argument rather than a request extension: the first extension costs a
 /// map and two allocations per request.
@@ -141,7 +156,7 @@ pub async fn serve<F, Fut>(
     grace: Duration,
 ) where
     F: Fn(SocketAddr, Option<&ConnInfo>, Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
 {
     // Every connection holds a sender; `recv` returns `None` once all are gone.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
@@ -193,7 +208,7 @@ struct Connection<F> {
 impl<F, Fut> Connection<F>
 where
     F: Fn(SocketAddr, Option<&ConnInfo>, Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
 {
     async fn run(self, mut stream: TcpStream, mut peer: SocketAddr, mut drain: Drain) {
         let opts = &self.opts;
@@ -280,9 +295,8 @@ where
             // `map`, not an `async` block: that would store the handler's
             // future twice (captured, then awaited).
             // hyper writes the header map: a head passed on as it came joins it.
-            handler(peer, svc_info.as_deref(), req).map(move |mut resp| {
+            handler(peer, svc_info.as_deref(), req).map(move |Answer { mut resp, log }| {
                 crate::direct::materialize(&mut resp);
-                let log = crate::access_log::answered(&mut resp);
                 Ok::<_, Infallible>(resp.map(|b| Tracked { inner: b, _serving: serving, log }))
             })
         });

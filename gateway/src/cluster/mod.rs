@@ -310,7 +310,7 @@ fn serve_while_starting(admin: TcpListener, metrics: &Arc<Metrics>) -> (watch::S
         Ok(early) => {
             let metrics = metrics.clone();
             let handler = move |_peer, _info: Option<&crate::server::ConnInfo>, req: http::Request<crate::limits::body::RequestBody>| {
-                let r = crate::admin::starting(&metrics, &req);
+                let r = crate::server::Answer::from(crate::admin::starting(&metrics, &req));
                 async move { r }
             };
             let fixed = Arc::new(crate::server::Fixed(crate::server::Options::default()));
