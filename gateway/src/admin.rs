@@ -98,7 +98,11 @@ fn renew(method: &Method, peer: std::net::SocketAddr) -> Response<Body> {
             tracing::info!("certificate renewal requested through the admin listener");
             text(StatusCode::ACCEPTED, "text/plain", "renewal requested\n".to_string())
         }
-        None => text(StatusCode::NOT_FOUND, "text/plain", "no ACME renewer: tls-source is not acme\n".to_string()),
+        None => {
+            let msg = "no ACME renewer runs here: tls-source is not acme, or (in a cluster) another replica holds the Lease \
+                       wakegate-acme and renews; `kubectl -n wakegate get lease wakegate-acme` names it\n";
+            text(StatusCode::NOT_FOUND, "text/plain", msg.to_string())
+        }
     }
 }
 

@@ -262,3 +262,94 @@ async fn the_exec_provider_obtains_a_certificate_with_external_account_binding()
     assert_eq!(rig.txt(OWNER).await?, Vec::<String>::new());
     Ok(())
 }
+
+/// A store whose certificate reads or writes fail on demand (an API server
+/// throttling, a full disk).
+struct Flaky {
+    inner: DirStore,
+    fail_load: std::sync::atomic::AtomicBool,
+    fail_save: std::sync::atomic::AtomicBool,
+}
+
+impl Flaky {
+    fn broken(&self, path: &str) -> wakegate::tls::store::StoreError {
+        let source = std::io::Error::other("the store is unavailable");
+        wakegate::tls::store::StoreError::Io { path: path.into(), source }
+    }
+}
+
+impl CertStore for Flaky {
+    fn load_account(&self) -> wakegate::tls::store::StoreFuture<'_, Option<String>> {
+        self.inner.load_account()
+    }
+    fn save_account<'a>(&'a self, json: &'a str) -> wakegate::tls::store::StoreFuture<'a, ()> {
+        self.inner.save_account(json)
+    }
+    fn load_cert(&self) -> wakegate::tls::store::StoreFuture<'_, Option<CertBundle>> {
+        if self.fail_load.load(std::sync::atomic::Ordering::SeqCst) {
+            let e = self.broken("tls.crt");
+            return Box::pin(async move { Err(e) });
+        }
+        self.inner.load_cert()
+    }
+    fn save_cert<'a>(&'a self, bundle: &'a CertBundle) -> wakegate::tls::store::StoreFuture<'a, ()> {
+        if self.fail_save.load(std::sync::atomic::Ordering::SeqCst) {
+            let e = self.broken("tls.crt");
+            return Box::pin(async move { Err(e) });
+        }
+        self.inner.save_cert(bundle)
+    }
+    fn try_lock<'a>(
+        &'a self,
+        holder: &'a str,
+        stale_after: Duration,
+    ) -> wakegate::tls::store::StoreFuture<'a, wakegate::tls::store::LockState> {
+        self.inner.try_lock(holder, stale_after)
+    }
+    fn unlock<'a>(&'a self, holder: &'a str) -> wakegate::tls::store::StoreFuture<'a, ()> {
+        self.inner.unlock(holder)
+    }
+}
+
+/// A store that cannot be read is not an empty one (nothing is ordered), and
+/// a certificate issued but not saved is served and saved later, never
+/// ordered again: each order spends the CA's limits (Let's Encrypt: 5
+/// duplicate certificates a week).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_never_costs_another_order() -> Result<(), Error> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let rig = Rig::start(Options::default()).await?;
+    let store = Arc::new(Flaky { inner: DirStore::new(rig.dir.path().join("tls")), fail_load: true.into(), fail_save: false.into() });
+    let dns: Arc<dyn DnsProvider> = Arc::new(Rfc2136::new(rig.dns.to_string(), ZONE, &tsig_key(&rig)?)?);
+    let acme = Arc::new(Acme::new(config(&rig, None), store.clone(), dns));
+    let mut registry = Registry::with_prefix("wakegate");
+    let metrics = TlsMetrics::register(&mut registry);
+    let resolver = Arc::new(CertResolver::new());
+    let mut renewer = Renewer::new(acme, resolver.clone(), metrics);
+    let orders = |registry: &Registry| -> Result<String, Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry)?;
+        Ok(text.lines().filter(|l| l.starts_with("wakegate_acme_orders_total{") && !l.ends_with(" 0")).collect::<Vec<_>>().join("\n"))
+    };
+
+    let tick = renewer.tick(SystemTime::now()).await;
+    assert!(matches!(tick.outcome, Outcome::Current), "an unreadable store orders nothing: {:?}", tick.outcome);
+    assert!(tick.next >= Duration::from_secs(30), "and looks again after a pause: {:?}", tick.next);
+    assert_eq!(orders(&registry)?, "", "no order counted");
+    assert!(resolver.current().is_none());
+
+    store.fail_load.store(false, SeqCst);
+    store.fail_save.store(true, SeqCst);
+    let tick = renewer.tick(SystemTime::now()).await;
+    let Outcome::Obtained(issued) = tick.outcome else { return Err(format!("expected a certificate, got {:?}", tick.outcome).into()) };
+    assert!(issued.unsaved.is_some(), "the save failed");
+    assert_eq!(resolver.current().map(|k| k.cert[0].to_vec()), Some(leaf(&issued.bundle)?), "served all the same");
+    assert!(store.inner.load_cert().await?.is_none(), "nothing saved yet");
+
+    store.fail_save.store(false, SeqCst);
+    let tick = renewer.tick(SystemTime::now()).await;
+    assert!(!matches!(tick.outcome, Outcome::Obtained(_) | Outcome::Failed(_)), "saved, not ordered again: {:?}", tick.outcome);
+    assert_eq!(store.inner.load_cert().await?.as_ref().map(leaf).transpose()?, Some(leaf(&issued.bundle)?), "the same certificate saved");
+    assert_eq!(orders(&registry)?, "wakegate_acme_orders_total{outcome=\"success\"} 1", "one order in all");
+    Ok(())
+}

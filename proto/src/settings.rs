@@ -150,7 +150,7 @@ pub const TLS_KEYS: &[Key] = &[
         name: "acme-propagation-nameservers",
         scope: Scope::Global,
         default: "",
-        doc: "ip:port list asked for the TXT record before the CA is told to look",
+        doc: "ip:port list asked for the TXT record before the CA is told to look (default: the rfc2136 server; list the zone's public secondaries too when that server is a hidden primary; required with exec)",
     },
     Key { name: "acme-propagation-timeout", scope: Scope::Global, default: "2m", doc: "longest wait for those nameservers" },
     Key { name: "acme-propagation-delay", scope: Scope::Global, default: "0", doc: "fixed pause after publishing (slow DNS APIs)" },

@@ -26,8 +26,9 @@ use crate::metrics::Metrics;
 /// Keys that flags set in cluster mode (the pod spec owns its ports);
 /// written in the ConfigMap they are ignored, with a warning.
 pub const FLAG_KEYS: &[&str] = &["listen", "admin-listen", "tls-listen", "workers"];
-/// Keys read once at start: a change takes a rollout.
-pub const RESTART_KEYS: &[&str] = &["tls-source", "base-domain"];
+/// Keys read once at start besides the TLS group's (every one but `hsts`):
+/// a change takes a rollout.
+pub const RESTART_KEYS: &[&str] = &["base-domain"];
 /// `reportingController` of the gateway's Events.
 pub const REPORTER: &str = "wakegate-gateway";
 /// The Event reason of a rejected edit.
@@ -182,13 +183,17 @@ impl Watch {
 
     fn warn_restart_only(&self, old: &Loaded, new: &Loaded) {
         let (a, b) = (&old.config.settings, &new.config.settings);
-        for key in RESTART_KEYS {
+        let tls = crate::tls::settings::KEYS.iter().filter(|k| **k != "hsts");
+        for key in RESTART_KEYS.iter().chain(tls) {
             let changed = match *key {
                 "base-domain" => a.base_domain != b.base_domain && new.tls.source != crate::tls::settings::TlsSource::Off,
                 k => a.tls.get(k) != b.tls.get(k),
             };
             if changed {
-                tracing::warn!(key, "changed: the certificate follows only after a restart");
+                tracing::warn!(
+                    key,
+                    "changed: read at start, so it applies after `kubectl -n wakegate rollout restart deploy/wakegate-gateway`"
+                );
             }
         }
     }

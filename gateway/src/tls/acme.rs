@@ -83,7 +83,7 @@ pub struct AcmeConfig {
     pub lock_stale_after: Duration,
 }
 
-/// A certificate just issued and saved.
+/// A certificate just issued (and saved, unless `unsaved` says why not).
 #[derive(Debug, Clone)]
 pub struct Issued {
     /// Chain and key, as saved in the store.
@@ -94,6 +94,10 @@ pub struct Issued {
     pub account_url: String,
     /// The order's URL.
     pub order_url: String,
+    /// Why the certificate could not be saved, if it could not: it is
+    /// served all the same and saved again later, since ordering another
+    /// would spend the CA's duplicate-certificate limit (Let's Encrypt: 5 a week).
+    pub unsaved: Option<String>,
 }
 
 /// Why an order did not yield a certificate.
@@ -316,8 +320,8 @@ impl Acme {
         if !(info.names.contains(base) && info.names.contains(&format!("*.{base}"))) {
             return Err(AcmeError::rejected(format!("issued certificate names {:?}, not *.{base} and {base}", info.names)));
         }
-        self.store.save_cert(&bundle).await?;
-        Ok(Issued { bundle, info, account_url: account.id().to_string(), order_url })
+        let unsaved = self.store.save_cert(&bundle).await.err().map(|e| e.to_string());
+        Ok(Issued { bundle, info, account_url: account.id().to_string(), order_url, unsaved })
     }
 
     /// Publishes, checks, validates, finalizes. Every value published is in

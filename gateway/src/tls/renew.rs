@@ -163,6 +163,8 @@ pub struct Renewer {
     satisfied: u64,
     /// The request generation the last pass saw.
     seen: u64,
+    /// A certificate issued but not saved yet (see [`Issued::unsaved`]).
+    unsaved: Option<(CertBundle, CertInfo)>,
 }
 
 /// The handle of the process's running renewer, for the admin listener.
@@ -171,6 +173,15 @@ static REGISTERED: Mutex<Option<RenewHandle>> = Mutex::new(None);
 /// Makes `handle` the one [`registered`] returns (the latest wins).
 pub fn register(handle: RenewHandle) {
     *REGISTERED.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+}
+
+/// Forgets the renewer whose requests are `shared`, if it is the one
+/// registered (it stopped: another replica renews now, or none).
+fn unregister(shared: &Arc<Requests>) {
+    let mut slot = REGISTERED.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.as_ref().is_some_and(|h| Arc::ptr_eq(&h.shared, shared)) {
+        *slot = None;
+    }
 }
 
 /// The handle of the renewer this process runs, if the source is ACME.
@@ -207,6 +218,7 @@ impl Renewer {
             requests: Arc::default(),
             satisfied: 0,
             seen: 0,
+            unsaved: None,
         }
     }
 
@@ -233,8 +245,10 @@ impl Renewer {
                     }
                     _ = stopped(&mut shutdown) => {
                         // Another replica renews from now on (or none, at
-                        // shutdown): no plan of this one's may linger.
+                        // shutdown): no plan of this one's may linger, and
+                        // `POST /tls/renew` no longer reaches it.
                         self.metrics.forget_renewal(&self.acme.config().base);
+                        unregister(&self.requests);
                         return;
                     }
                 }
@@ -244,7 +258,27 @@ impl Renewer {
 
     /// One pass at wall-clock time `now`.
     pub async fn tick(&mut self, now: SystemTime) -> Tick {
-        let stored = self.load_stored().await;
+        if let Some((bundle, _)) = &self.unsaved {
+            match self.acme.store().save_cert(bundle).await {
+                Ok(()) => {
+                    tracing::info!("saved the certificate issued earlier");
+                    self.unsaved = None;
+                }
+                Err(e) => tracing::warn!("still cannot save the certificate issued earlier (it is served meanwhile): {e}"),
+            }
+        }
+        let stored = match &self.unsaved {
+            Some(issued) => Some(issued.clone()),
+            None => match self.load_stored().await {
+                Ok(stored) => stored,
+                // Not "no certificate": ordering now could spend the CA's
+                // limits on one the store already holds.
+                Err(()) => {
+                    self.failures += 1;
+                    return Tick { outcome: Outcome::Current, next: backoff(self.failures, fastrand::f64()) };
+                }
+            },
+        };
         let mut loaded = false;
         if let Some((bundle, info)) = &stored {
             loaded = self.serve(bundle, info);
@@ -285,6 +319,10 @@ impl Renewer {
             Ok(issued) => {
                 self.failures = 0;
                 self.serve(&issued.bundle, &issued.info);
+                if let Some(why) = &issued.unsaved {
+                    tracing::warn!("the certificate issued cannot be saved ({why}); serving it, and saving it again at the next pass");
+                    self.unsaved = Some((issued.bundle.clone(), issued.info.clone()));
+                }
                 self.metrics.order_succeeded(now);
                 tracing::info!(names = ?issued.info.names, not_after = ?issued.info.not_after, "certificate obtained");
                 Tick { outcome: Outcome::Obtained(Box::new(issued)), next: RETRY_MIN }
@@ -305,24 +343,26 @@ impl Renewer {
         }
     }
 
-    /// The stored certificate, if usable and for our names.
-    async fn load_stored(&self) -> Option<(CertBundle, CertInfo)> {
+    /// The stored certificate, if usable and for our names; `Err` when the
+    /// store could not be read (not the same as holding none).
+    async fn load_stored(&self) -> Result<Option<(CertBundle, CertInfo)>, ()> {
         let base = &self.acme.config().base;
         let bundle = match self.acme.store().load_cert().await {
-            Ok(b) => b?,
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
             Err(e) => {
-                tracing::warn!("cannot read the stored certificate: {e}");
-                return None;
+                tracing::warn!("cannot read the stored certificate: {e}; nothing is ordered until it can be");
+                return Err(());
             }
         };
         let info = match bundle.certified_key().and_then(|_| bundle.info()) {
             Ok(info) => info,
             Err(e) => {
                 tracing::warn!("the stored certificate is unusable: {e}");
-                return None;
+                return Ok(None);
             }
         };
-        (info.names.contains(base) && info.names.contains(&format!("*.{base}"))).then_some((bundle, info))
+        Ok((info.names.contains(base) && info.names.contains(&format!("*.{base}"))).then_some((bundle, info)))
     }
 
     /// Serves `bundle` unless it is already served; true if it was swapped in.

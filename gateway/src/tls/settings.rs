@@ -21,7 +21,7 @@
 //! | `rfc2136-tsig-secret` | — | TSIG secret, base64 |
 //! | `rfc2136-tsig-secret-file` | — | a file holding the secret instead (a mounted Secret) |
 //! | `acme-exec-command` | — | command run as `<cmd> present\|cleanup <fqdn> <value>` |
-//! | `acme-propagation-nameservers` | the rfc2136 server | `ip:port,...` asked before the CA is told to look |
+//! | `acme-propagation-nameservers` | the rfc2136 server | `ip:port,...` asked before the CA is told to look (required with `exec` unless `acme-propagation-delay` is set) |
 //! | `acme-propagation-timeout` | `2m` | longest wait for those nameservers |
 //! | `acme-propagation-delay` | `0` | fixed pause after publishing (for providers with slow APIs) |
 //! | `hsts` | `off` | `on` (max-age one year), `off`, or a max-age such as `180d` |
@@ -217,6 +217,18 @@ fn acme(p: &mut Parser<'_>) -> Option<AcmeSettings> {
     let default_timeout = format_duration(DEFAULT_PROPAGATION_TIMEOUT);
     let propagation_timeout = p.parse("acme-propagation-timeout", &default_timeout, parse_duration);
     let propagation_delay = p.parse("acme-propagation-delay", "0", parse_duration);
+    // An exec provider publishes somewhere wakegate cannot see: with nothing
+    // to check and no pause, the CA would look before the record is there
+    // (each failed validation counts against its limits).
+    if matches!(dns, Some(DnsSettings::Exec { .. }))
+        && nameservers.as_ref().is_some_and(Vec::is_empty)
+        && propagation_delay.is_some_and(|d| d.is_zero())
+    {
+        p.problem::<()>(
+            "acme-propagation-nameservers",
+            "required with acme-dns-provider exec: the zone's authoritative servers to check (or set acme-propagation-delay)",
+        );
+    }
     Some(AcmeSettings {
         directory: directory?,
         email,
