@@ -556,6 +556,7 @@ async fn the_tls_secret_is_served_and_swapped_live() -> Result<()> {
         "acme-directory": "https://127.0.0.1:9/directory",
         "acme-dns-provider": "exec",
         "acme-exec-command": "/bin/true",
+        "acme-propagation-delay": "1s",
     }))
     .await?;
     let secrets: Api<Secret> = Api::namespaced(rig.admin.clone(), OURS);
