@@ -102,6 +102,11 @@ impl FakeGateway {
         );
     }
 
+    /// Sets the page as it is: one line per series.
+    fn set(&self, page: &str) {
+        *self.page.lock().unwrap() = format!("{page}\n# EOF\n");
+    }
+
     fn kill(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
@@ -262,6 +267,47 @@ async fn the_token_file_is_read_again_and_a_rotation_accepts_both_tokens() {
     assert!(eventually(|| async { status("old").await == 401 }).await, "the old token, dropped, is refused");
     assert_eq!(status("new").await, 200);
     assert_eq!(status("").await, 401);
+    s.stop().await;
+}
+
+/// Two solutions on one Deployment (a second Service naming it with
+/// `wakegate.io/deployment`): it sleeps only when both are idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_two_solutions_share_sleeps_only_when_both_are_idle() {
+    let api = kubeapi::start().await;
+    seed(&api, &[("idle-timeout", "1s"), ("reaper-interval", "200ms")]);
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web-alias", "namespace": "solutions", "labels": {"wakegate.io/expose": "true"},
+            "annotations": {"wakegate.io/deployment": "web"}},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 8080}]},
+    }))
+    .expect("svc");
+    let g = FakeGateway::start().await;
+    g.publish(&api, "gw-a");
+    let series = |solution: &str, ago: f64| {
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() - ago;
+        format!(
+            "wakegate_last_request_timestamp_seconds{{solution=\"{solution}\"}} {t}\nwakegate_in_flight_requests{{solution=\"{solution}\"}} 0\n\
+             wakegate_held_requests{{solution=\"{solution}\"}} 0\nwakegate_open_streams{{solution=\"{solution}\"}} 0"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = scaler(&api, "scaler-a", dir.path()).await;
+    assert_eq!(http(s.wake, "POST", "/v1/wake", Some(TOKEN), WAKE).await.0, 200);
+    // `web` idle for long, `web-alias` used just now, again and again.
+    let keep_alias_busy = async {
+        for _ in 0..20 {
+            g.set(&format!("{}\n{}", series("web", 100.0), series("web-alias", 0.0)));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    keep_alias_busy.await;
+    assert_eq!(replicas(&api).await, 1, "web-alias still uses the Deployment");
+    g.set(&format!("{}\n{}", series("web", 100.0), series("web-alias", 100.0)));
+    assert!(eventually(|| async { replicas(&api).await == 0 }).await, "both idle: scaled to zero");
+    let events = api.list("events.k8s.io/v1", "events", Some("solutions"));
+    assert_eq!(events.iter().filter(|e| e["reason"] == "ScaledToZero").count(), 1, "scaled down once: {events:?}");
     s.stop().await;
 }
 

@@ -43,6 +43,12 @@ pub struct Reaper {
     /// defaults: that could mean no credentials, or the system's CAs instead
     /// of the one named.
     prometheus_refused: Vec<String>,
+    /// The settings of the last ConfigMap read: a failed read keeps them (a
+    /// transient API error must not make a round use the defaults, e.g.
+    /// 30 minutes where the operator set `idle-timeout = "8h"`).
+    last_good: Option<Settings>,
+    /// Deployments whose scale could not be read, told once until it can.
+    unreadable: std::collections::HashSet<(String, String)>,
 }
 
 impl Reaper {
@@ -50,37 +56,52 @@ impl Reaper {
     pub fn new(client: kube::Client, args: Args, metrics: Arc<ScalerMetrics>) -> Self {
         let reporter = Reporter { controller: "wakegate-scaler".into(), instance: Some(args.identity.clone()) };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, args, metrics, recorder, up_since: HashMap::new(), prometheus_refused: Vec::new() }
+        Self {
+            client,
+            args,
+            metrics,
+            recorder,
+            up_since: HashMap::new(),
+            prometheus_refused: Vec::new(),
+            last_good: None,
+            unreadable: std::collections::HashSet::new(),
+        }
     }
 
     /// Runs until `shutdown`, working only while `leader` is true.
     pub async fn run(mut self, mut leader: watch::Receiver<bool>, mut shutdown: watch::Receiver<bool>) {
         loop {
             let settings = self.settings().await;
+            let interval = settings.as_ref().map_or(Settings::default().reaper_interval, |s| s.reaper_interval);
             if *leader.borrow_and_update() {
-                self.round(&settings, &leader).await;
+                match &settings {
+                    Some(settings) => self.round(settings, &leader).await,
+                    // Never read yet: nothing to go by.
+                    None => self.metrics.round("skipped"),
+                }
             } else {
                 self.up_since.clear();
             }
             tokio::select! {
-                _ = tokio::time::sleep(settings.reaper_interval) => {}
+                _ = tokio::time::sleep(interval) => {}
                 _ = leader.changed() => {}
                 r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return },
             }
         }
     }
 
-    /// The ConfigMap's settings (defaults where it is missing or invalid: the
-    /// gateways report a bad edit; the reaper keeps working, except with
-    /// Prometheus keys it cannot use: see `prometheus_refused`).
-    async fn settings(&mut self) -> Settings {
+    /// The ConfigMap's settings (defaults where it is missing or a key is
+    /// invalid: the gateways report a bad edit; the reaper keeps working,
+    /// except with Prometheus keys it cannot use: see `prometheus_refused`).
+    /// A failed read gives the last good settings, or `None` before any.
+    async fn settings(&mut self) -> Option<Settings> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.args.namespace);
         let data = match api.get_opt(&self.args.configmap).await {
             Ok(Some(cm)) => cm.data.unwrap_or_default(),
             Ok(None) => BTreeMap::new(),
             Err(e) => {
-                tracing::warn!("reading ConfigMap {}: {e}", self.args.configmap);
-                BTreeMap::new()
+                tracing::warn!("reading ConfigMap {}: {e}; the settings read before stay", self.args.configmap);
+                return self.last_good.clone();
             }
         };
         let mut s = Settings::default();
@@ -95,7 +116,8 @@ impl Reaper {
         }
         refused.extend(s.prometheus_access_errors().into_iter().map(|(k, reason)| format!("{k}: {reason}")));
         self.prometheus_refused = refused;
-        s
+        self.last_good = Some(s.clone());
+        Some(s)
     }
 
     async fn solutions(&self, settings: &Settings) -> Result<Vec<SolutionSpec>, kube::Error> {
@@ -125,35 +147,58 @@ impl Reaper {
         let Some(activity) = self.read(settings).await else { return };
         let now = SystemTime::now();
         let mut idle = Vec::new();
+        // Deployments a solution still uses: two solutions may name one (two
+        // Services, or `wakegate.io/deployment`), and it sleeps only when
+        // every one of them is idle.
+        let mut busy = std::collections::HashSet::new();
         for spec in solutions {
             let proto::Backend::Cluster(c) = &spec.backend else { continue };
             let api: Api<Deployment> = Api::namespaced(self.client.clone(), &c.namespace);
             let key = (c.namespace.clone(), c.deployment.clone());
             match scale::replicas(&api, &c.deployment).await {
                 Ok(0) => {
+                    self.unreadable.remove(&key);
                     self.up_since.remove(&key);
                     continue;
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    self.unreadable.remove(&key);
+                }
                 Err(e) => {
-                    tracing::debug!(deployment = %c.deployment, "reading scale: {e}");
+                    busy.insert(key.clone());
+                    if self.unreadable.insert(key) {
+                        tracing::warn!(namespace = %c.namespace, deployment = %c.deployment, solution = %spec.name, "cannot read the scale, so it is never scaled down until it can: {e}");
+                    }
                     continue;
                 }
             }
-            let since = *self.up_since.entry(key).or_insert(now);
+            let since = *self.up_since.entry(key.clone()).or_insert(now);
             if let Some(Decision::Sleep(_)) = observe(&activity, &spec, since).map(|o| decide(now, &o)) {
                 let deployment = c.deployment.clone();
-                idle.push((spec, api, deployment, since));
+                idle.push((spec, api, deployment, since, key));
+            } else {
+                busy.insert(key);
             }
         }
+        idle.retain(|(.., key)| !busy.contains(key));
         if !idle.is_empty() {
             // Confirm with a reading taken after this decision: a request may have arrived since.
             let Some(again) = self.confirm(settings, &activity).await else { return };
             if !*leader.borrow() {
                 return;
             }
-            for (spec, api, deployment, since) in idle {
-                if let Some(Decision::Sleep(idle)) = observe(&again, &spec, since).map(|o| decide(SystemTime::now(), &o)) {
+            let mut sleeping: Vec<(SolutionSpec, Api<Deployment>, String, Duration, (String, String))> = Vec::new();
+            for (spec, api, deployment, since, key) in idle {
+                match observe(&again, &spec, since).map(|o| decide(SystemTime::now(), &o)) {
+                    Some(Decision::Sleep(idle)) => sleeping.push((spec, api, deployment, idle, key)),
+                    _ => {
+                        busy.insert(key);
+                    }
+                }
+            }
+            let mut done = std::collections::HashSet::new();
+            for (spec, api, deployment, idle, key) in sleeping {
+                if !busy.contains(&key) && done.insert(key) {
                     self.scale_down(&api, &spec, &deployment, idle).await;
                 }
             }
