@@ -187,7 +187,7 @@ impl Reaper {
             if !*leader.borrow() {
                 return;
             }
-            let mut sleeping: Vec<(SolutionSpec, Api<Deployment>, String, Duration, (String, String))> = Vec::new();
+            let mut sleeping = Vec::new();
             for (spec, api, deployment, since, key) in idle {
                 match observe(&again, &spec, since).map(|o| decide(SystemTime::now(), &o)) {
                     Some(Decision::Sleep(idle)) => sleeping.push((spec, api, deployment, idle, key)),
