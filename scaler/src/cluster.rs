@@ -4,6 +4,7 @@
 //! that reads every gateway replica's metrics and scales idle solutions to zero.
 //! Names, ports and verbs follow `docs/cluster-contract.md`.
 
+pub mod declared;
 pub mod leader;
 pub mod metrics;
 pub mod prometheus;

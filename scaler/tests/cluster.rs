@@ -270,6 +270,49 @@ async fn the_token_file_is_read_again_and_a_rotation_accepts_both_tokens() {
     s.stop().await;
 }
 
+/// A solution declared by an Ingress of class `wakegate` (its Service
+/// unlabelled), as the gateways serve it, is put to sleep like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_solution_declared_by_an_ingress_sleeps_when_idle() {
+    let api = kubeapi::start().await;
+    seed(&api, &[("idle-timeout", "1s"), ("reaper-interval", "200ms")]);
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "ingressed", "namespace": "solutions"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 8080}]},
+    }))
+    .expect("svc");
+    api.put(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "ingressed", "namespace": "solutions"},
+        "spec": {"ingressClassName": "wakegate", "rules": [{"host": "ingressed.localhost", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "ingressed", "port": {"name": "http"}}}}]}}]},
+    }))
+    .expect("ingress");
+    let g = FakeGateway::start().await;
+    g.publish(&api, "gw-a");
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() - 100.0;
+    g.set(&format!(
+        "wakegate_last_request_timestamp_seconds{{solution=\"ingressed\"}} {t}\nwakegate_in_flight_requests{{solution=\"ingressed\"}} 0\n\
+         wakegate_held_requests{{solution=\"ingressed\"}} 0\nwakegate_open_streams{{solution=\"ingressed\"}} 0"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let s = scaler(&api, "scaler-a", dir.path()).await;
+    let wake = r#"{"namespace":"solutions","deployment":"ingressed","replicas":1}"#;
+    // Its Deployment: `ingressed` (the Service's name), running the same app.
+    let mut d = api.get("apps/v1", "deployments", "solutions", "web").expect("web");
+    d["metadata"] = json!({"name": "ingressed", "namespace": "solutions"});
+    api.put(d).expect("deployment");
+    assert_eq!(http(s.wake, "POST", "/v1/wake", Some(TOKEN), wake).await.0, 200);
+    let scale = || async {
+        let d: Api<Deployment> = Api::namespaced(client(&api, "observer"), "solutions");
+        d.get_scale("ingressed").await.ok().and_then(|s| s.spec).and_then(|s| s.replicas).unwrap_or(-1)
+    };
+    assert_eq!(scale().await, 1);
+    assert!(eventually(|| async { scale().await == 0 }).await, "the Ingress's solution, idle, scaled to zero");
+    s.stop().await;
+}
+
 /// Two solutions on one Deployment (a second Service naming it with
 /// `wakegate.io/deployment`): it sleeps only when both are idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

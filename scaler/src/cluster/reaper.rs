@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
 use kube::Resource;
 use kube::api::ListParams;
@@ -20,6 +21,7 @@ use proto::settings::ActivitySource;
 use proto::{Phase, Settings, SolutionSpec};
 use tokio::sync::watch;
 
+use super::declared;
 use super::scrape::{self, Activity, ScrapeError};
 use super::{Args, metrics::ScalerMetrics, scale};
 use crate::reaper::{Decision, Observed, decide};
@@ -120,19 +122,18 @@ impl Reaper {
         Some(s)
     }
 
+    /// The solutions the cluster declares, as the gateways build them
+    /// ([`declared::build`]): labelled Services and the hosts of Ingresses
+    /// of class `wakegate` alike (problems are the gateways' to report).
     async fn solutions(&self, settings: &Settings) -> Result<Vec<SolutionSpec>, kube::Error> {
-        let api: Api<Service> = Api::namespaced(self.client.clone(), &self.args.solutions_namespace);
-        let list = api.list(&ListParams::default().labels(&format!("{}=true", proto::cluster::LABEL_EXPOSE))).await?;
-        Ok(list
-            .into_iter()
-            .filter_map(|svc| {
-                let name = svc.metadata.name.clone()?;
-                let annotations = svc.metadata.annotations.clone().unwrap_or_default();
-                let (spec, _) =
-                    proto::cluster::solution_from_service(&self.args.solutions_namespace, &name, &annotations, &settings.solution);
-                spec
-            })
-            .collect())
+        let ns = &self.args.solutions_namespace;
+        let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
+        let ingresses: Api<Ingress> = Api::namespaced(self.client.clone(), ns);
+        let objects = declared::Objects {
+            services: services.list(&ListParams::default()).await?.into_iter().map(Arc::new).collect(),
+            ingresses: ingresses.list(&ListParams::default()).await?.into_iter().map(Arc::new).collect(),
+        };
+        Ok(declared::build(ns, settings, &objects).0)
     }
 
     async fn round(&mut self, settings: &Settings, leader: &watch::Receiver<bool>) {
