@@ -1,6 +1,8 @@
 use std::time::Duration;
 
+use proto::cluster::LABEL_EXPOSE;
 use proto::solution::ClusterRef;
+use proto::{Backend, Settings, SolutionSpec};
 use serde_json::{Value, json};
 
 use super::*;
