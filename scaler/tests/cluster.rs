@@ -270,6 +270,37 @@ async fn the_token_file_is_read_again_and_a_rotation_accepts_both_tokens() {
     s.stop().await;
 }
 
+/// A gateway pod left Terminating on a lost node (listed, unreachable) does
+/// not stop scale-downs; a live replica that cannot be read still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminating_gateway_that_is_gone_does_not_block_scale_downs() {
+    let api = kubeapi::start().await;
+    seed(&api, &[("idle-timeout", "1s"), ("reaper-interval", "200ms")]);
+    let g = FakeGateway::start().await;
+    g.publish(&api, "gw-a");
+    g.report(Duration::from_secs(100), 0);
+    // A port nothing listens on any more.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let slice = |terminating: bool| {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "gw-gone", "namespace": "wakegate", "labels": {"kubernetes.io/service-name": "wakegate-gateway-admin"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [gone.ip().to_string()], "conditions": {"ready": true, "terminating": terminating}}],
+            "ports": [{"name": "admin", "port": gone.port(), "protocol": "TCP"}],
+        })
+    };
+    api.put(slice(false)).expect("slice");
+    let dir = tempfile::tempdir().unwrap();
+    let s = scaler(&api, "scaler-a", dir.path()).await;
+    assert_eq!(http(s.wake, "POST", "/v1/wake", Some(TOKEN), WAKE).await.0, 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(replicas(&api).await, 1, "a live replica that cannot be read: fail safe");
+    api.put(slice(true)).expect("slice");
+    assert!(eventually(|| async { replicas(&api).await == 0 }).await, "the terminating one is not waited for");
+    s.stop().await;
+}
+
 /// A solution declared by an Ingress of class `wakegate` (its Service
 /// unlabelled), as the gateways serve it, is put to sleep like any other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

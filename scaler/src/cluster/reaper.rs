@@ -217,7 +217,9 @@ impl Reaper {
             (ActivitySource::Prometheus, Some(url)) => {
                 async {
                     let ready = scrape::gateways(&self.client, &self.args.namespace, &self.args.gateway_service).await?;
-                    super::prometheus::activity(url, settings, ready.len()).await
+                    // A terminating replica may be gone: Prometheus is not waited on for it.
+                    let expected = ready.iter().filter(|r| !r.terminating).count();
+                    super::prometheus::activity(url, settings, expected).await
                 }
                 .await
             }

@@ -90,8 +90,18 @@ pub enum ScrapeError {
     },
 }
 
-/// The admin addresses of the ready gateway replicas.
-pub async fn gateways(client: &kube::Client, namespace: &str, service: &str) -> Result<Vec<SocketAddr>, ScrapeError> {
+/// A gateway replica: its admin address, and whether its pod is terminating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replica {
+    /// The admin listener.
+    pub addr: SocketAddr,
+    /// The pod is terminating (draining, or its node is gone).
+    pub terminating: bool,
+}
+
+/// The ready gateway replicas (a draining one included: the Service
+/// publishes not-ready addresses, and it may still hold requests).
+pub async fn gateways(client: &kube::Client, namespace: &str, service: &str) -> Result<Vec<Replica>, ScrapeError> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
     let slices =
         api.list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}"))).await.map_err(ScrapeError::List)?;
@@ -104,7 +114,10 @@ pub async fn gateways(client: &kube::Client, namespace: &str, service: &str) -> 
             if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                 continue;
             }
-            out.extend(ep.addresses.iter().filter_map(|a| a.parse().ok()).map(|ip| SocketAddr::new(ip, port)));
+            let terminating = ep.conditions.as_ref().and_then(|c| c.terminating) == Some(true);
+            out.extend(
+                ep.addresses.iter().filter_map(|a| a.parse().ok()).map(|ip| Replica { addr: SocketAddr::new(ip, port), terminating }),
+            );
         }
     }
     if out.is_empty() { Err(ScrapeError::NoGateways) } else { Ok(out) }
@@ -166,13 +179,20 @@ where
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// Reads every replica; fails if any one cannot be read.
+/// Reads every replica; fails if any one cannot be read, except a
+/// terminating one: unreachable, it holds no request any more (its process
+/// exited, or its node is gone, when a pod can stay Terminating for good),
+/// and waiting for it would stop every scale-down.
 pub async fn activity(client: &kube::Client, namespace: &str, service: &str) -> Result<Activity, ScrapeError> {
-    let addrs = gateways(client, namespace, service).await?;
-    let pages = futures_util::future::join_all(addrs.into_iter().map(page)).await;
+    let replicas = gateways(client, namespace, service).await?;
+    let pages = futures_util::future::join_all(replicas.iter().map(|r| page(r.addr))).await;
     let mut activity = Activity::default();
-    for p in pages {
-        activity.add(&p?);
+    for (replica, p) in replicas.iter().zip(pages) {
+        match p {
+            Ok(p) => activity.add(&p),
+            Err(e) if replica.terminating => tracing::debug!("not waiting for terminating gateway {}: {e}", replica.addr),
+            Err(e) => return Err(e),
+        }
     }
     Ok(activity)
 }
