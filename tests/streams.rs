@@ -80,6 +80,18 @@ async fn websocket_echo_passes_through() {
     // A second connection, to the now warm solution.
     let mut ws = open_ws(&wg, "app").await;
     echo(&mut ws, Message::text("again")).await;
+    // The gateway's side of it probes a quiet peer (TCP keepalive): a client
+    // gone without a word does not keep the solution awake for good.
+    // (`ss` shows the timer pending: the keepalive one once nothing is in flight.)
+    let sockets = || {
+        let ss = std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established", &format!("( sport = :{} )", wg.public.port())])
+            .output()
+            .expect("ss (iproute2)");
+        String::from_utf8_lossy(&ss.stdout).into_owned()
+    };
+    let probed = wakegate_tests::eventually(Duration::from_secs(3), || async { sockets().contains("timer:(keepalive") }).await;
+    assert!(probed, "the gateway's client socket has keepalive on: {}", sockets());
     echo(&mut ws, Message::binary(vec![42u8; 10])).await;
     close_ws(ws).await;
 

@@ -173,6 +173,7 @@ pub async fn serve<F, Fut>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                keepalive(&stream);
                 let opts = policy.options();
                 let conn = Connection { handler: handler.clone(), policy: policy.clone(), limiter: limiter.clone(), opts, tls: tls.clone() };
                 let drain = Drain { stop: shutdown.clone(), _open: open.clone() };
@@ -187,6 +188,20 @@ pub async fn serve<F, Fut>(
         _ = all_closed.recv() => tracing::debug!("all connections drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period of {grace:?} over; closing the remaining connections"),
     }
+}
+
+/// TCP keepalive on a client connection (60 s idle, then 3 probes 10 s
+/// apart): a peer gone without a word (a laptop shut, a NAT or load
+/// balancer that forgot the flow) is noticed within about 90 s, so an open
+/// WebSocket to it stops keeping its solution awake. Idle HTTP connections
+/// are closed sooner by `keepalive-timeout`; probes keep a load balancer's
+/// flow for a quiet WebSocket alive too (an NLB forgets one after 350 s).
+fn keepalive(stream: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(stream, sockopt::KeepAlive, &true);
+    let _ = setsockopt(stream, sockopt::TcpKeepIdle, &60);
+    let _ = setsockopt(stream, sockopt::TcpKeepInterval, &10);
+    let _ = setsockopt(stream, sockopt::TcpKeepCount, &3);
 }
 
 /// A connection's part in its listener's drain: it sees the stop signal (and
