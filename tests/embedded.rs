@@ -323,7 +323,7 @@ async fn a_one_worker_gateway_with_tls_from_files_runs_one_thread() {
         testapp_solution("app", "", "")
     ));
     assert!(
-        eventually(Duration::from_secs(5), || async { wg.log().contains("loaded a new certificate from files") }).await,
+        eventually(Duration::from_secs(5), || async { wg.log().contains("loaded the certificate from files") }).await,
         "{}",
         wg.log()
     );

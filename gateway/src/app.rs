@@ -123,6 +123,7 @@ pub async fn run(
         None => None,
         Some(_) => {
             let resolver = Arc::new(CertResolver::new());
+            gw.serve_certificates_from(resolver.clone());
             tls::source::start(&loaded.tls, &base, resolver.clone(), metrics.tls.clone(), shutdown.clone()).await?;
             Some(TlsAcceptor::from(tls::server_config(resolver).map_err(AppError::Tls)?))
         }

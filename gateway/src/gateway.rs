@@ -34,6 +34,8 @@ pub struct TlsView {
 pub struct Gateway {
     /// TLS behaviour of the request path.
     pub tls: ArcSwap<TlsView>,
+    /// Where the HTTPS listener's certificate comes from (none while TLS is off).
+    certificates: std::sync::OnceLock<Arc<crate::tls::CertResolver>>,
     routes: ArcSwap<Routes>,
     settings: ArcSwap<Settings>,
     /// Metric families.
@@ -58,6 +60,7 @@ impl Gateway {
             pools: Pools::default(),
             orchestrator,
             draining: AtomicBool::new(false),
+            certificates: std::sync::OnceLock::new(),
         });
         gw.apply(config);
         gw
@@ -159,6 +162,18 @@ impl Gateway {
     /// Whether it is shutting down.
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The HTTPS listener serves what `resolver` holds.
+    pub fn serve_certificates_from(&self, resolver: Arc<crate::tls::CertResolver>) {
+        let _ = self.certificates.set(resolver);
+    }
+
+    /// Whether the HTTPS listener has a certificate to serve: until then
+    /// (ACME's first order, files not there yet) plain HTTP is not
+    /// redirected to a handshake that would fail.
+    pub fn certificate_served(&self) -> bool {
+        self.certificates.get().is_some_and(|r| r.current().is_some())
     }
 }
 

@@ -115,6 +115,7 @@ fn connection_checks<B>(
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     if !is_tls
         && view.ssl_redirect
+        && gw.certificate_served()
         && let Some(h) = host_str
         && let Some(name) = crate::router::normalize_host(h)
     {

@@ -559,6 +559,9 @@ async fn the_tls_secret_is_served_and_swapped_live() -> Result<()> {
         "acme-propagation-delay": "1s",
     }))
     .await?;
+    // No certificate yet: plain HTTP is not sent to a handshake that would fail.
+    let (status, _, _) = get_full(rig.public, "hello.test.local", "/hello").await?;
+    assert_ne!(status, StatusCode::PERMANENT_REDIRECT, "no redirect before a certificate is served");
     let secrets: Api<Secret> = Api::namespaced(rig.admin.clone(), OURS);
     let first = wakegate::tls::selfsigned::generate(BASE)?;
     secrets.create(&PostParams::default(), &tls_secret(&first)?).await?;

@@ -207,7 +207,11 @@ pub async fn run_with(
 
     let (acceptor, leader) = match &tls_l {
         None => (None, None),
-        Some(_) => start_tls(&args, &client, &loaded, &metrics, &shutdown).await?,
+        Some(_) => {
+            let resolver = Arc::new(CertResolver::new());
+            gw.serve_certificates_from(resolver.clone());
+            start_tls(&args, &client, &loaded, &metrics, &shutdown, resolver).await?
+        }
     };
 
     let _ = starting_tx.send(true);
@@ -281,8 +285,8 @@ async fn start_tls(
     loaded: &Loaded,
     metrics: &Metrics,
     shutdown: &watch::Receiver<bool>,
+    resolver: Arc<CertResolver>,
 ) -> Result<(Option<TlsAcceptor>, Option<tokio::task::JoinHandle<()>>), Error> {
-    let resolver = Arc::new(CertResolver::new());
     let base = &loaded.config.settings.base_domain;
     let leader =
         tls::start(loaded, base, client.clone(), &args.namespace, &args.pod_name, resolver.clone(), metrics.tls.clone(), shutdown.clone())
@@ -290,7 +294,6 @@ async fn start_tls(
     Ok((Some(TlsAcceptor::from(crate::tls::server_config(resolver).map_err(Error::Tls)?)), leader))
 }
 
-/// Waits until a configuration and the solution objects are known, saying what it waits for.
 /// Answers on the admin listener while the gateway starts (waiting for its
 /// settings, its solutions, its certificate): alive (`/healthz`), not ready
 /// (`/readyz`, 503), its metrics so far. Unanswered, a liveness probe would
@@ -321,6 +324,7 @@ fn serve_while_starting(admin: TcpListener, metrics: &Arc<Metrics>) -> (watch::S
     (tx, admin)
 }
 
+/// Waits until a configuration and the solution objects are known, saying what it waits for.
 async fn initial(
     args: &Args,
     settings: &mut watch::Receiver<Option<Arc<Loaded>>>,

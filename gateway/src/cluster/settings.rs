@@ -250,6 +250,7 @@ mod tests {
             ("acme-directory", "https://ca.test/dir"),
             ("acme-dns-provider", "exec"),
             ("acme-exec-command", "/bin/true"),
+            ("acme-propagation-nameservers", "192.0.2.53:53"),
         ]);
         assert!(parse("cfg", &acme).is_ok());
     }

@@ -92,7 +92,18 @@ pub async fn start(
             tokio::spawn(self_signed_renewal(base.to_string(), resolver, metrics, SystemTime::now(), shutdown));
         }
         TlsSource::Files { cert, key } => {
-            let watcher = files::CertFiles::new(cert.clone(), key.clone());
+            let mut watcher = files::CertFiles::new(cert.clone(), key.clone());
+            // Served from the first connection on (plain HTTP is redirected
+            // only once a certificate is); the watcher reports problems.
+            match watcher.poll() {
+                Ok(Some(loaded)) => {
+                    metrics.certificate(base, &loaded.info);
+                    resolver.swap(loaded.key);
+                    tracing::info!(cert = %cert.display(), names = ?loaded.info.names, "loaded the certificate from files");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("no certificate to serve yet: {e}; the files are read again every few seconds"),
+            }
             tokio::spawn(watcher.run(resolver, metrics, base.to_string(), shutdown));
         }
         TlsSource::Acme(_) => {
