@@ -322,11 +322,7 @@ async fn a_one_worker_gateway_with_tls_from_files_runs_one_thread() {
         key.display(),
         testapp_solution("app", "", "")
     ));
-    assert!(
-        eventually(Duration::from_secs(5), || async { wg.log().contains("loaded the certificate from files") }).await,
-        "{}",
-        wg.log()
-    );
+    assert!(eventually(Duration::from_secs(5), || async { wg.log().contains("loaded the certificate from files") }).await, "{}", wg.log());
     assert_eq!(wg.get("app", "/hello").await.status, 200);
     // A few polls of the files later:
     tokio::time::sleep(Duration::from_millis(2500)).await;
