@@ -76,6 +76,7 @@ const CONTRACT: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("wakegate-scaler", "wakegate", "coordination.k8s.io", "leases", "", "create"),
     ("wakegate-scaler", "wakegate", "discovery.k8s.io", "endpointslices", "", "list"),
     ("wakegate-scaler", "solutions", "", "services", "", "list"),
+    ("wakegate-scaler", "solutions", "networking.k8s.io", "ingresses", "", "list"),
     ("wakegate-scaler", "solutions", "apps", "deployments", "", "get"),
     ("wakegate-scaler", "solutions", "apps", "deployments/scale", "", "get patch"),
     ("wakegate-scaler", "solutions", "events.k8s.io", "events", "", "create patch"),

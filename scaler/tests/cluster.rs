@@ -380,8 +380,11 @@ async fn a_deployment_two_solutions_share_sleeps_only_when_both_are_idle() {
     assert_eq!(replicas(&api).await, 1, "web-alias still uses the Deployment");
     g.set(&format!("{}\n{}", series("web", 100.0), series("web-alias", 100.0)));
     assert!(eventually(|| async { replicas(&api).await == 0 }).await, "both idle: scaled to zero");
-    let events = api.list("events.k8s.io/v1", "events", Some("solutions"));
-    assert_eq!(events.iter().filter(|e| e["reason"] == "ScaledToZero").count(), 1, "scaled down once: {events:?}");
+    // The Event follows the scale-down.
+    let scaled_down = || api.list("events.k8s.io/v1", "events", Some("solutions")).iter().filter(|e| e["reason"] == "ScaledToZero").count();
+    assert!(eventually(|| async { scaled_down() == 1 }).await, "an Event");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(scaled_down(), 1, "scaled down once");
     s.stop().await;
 }
 
@@ -414,9 +417,12 @@ async fn idle_solutions_sleep_only_when_every_gateway_is_idle_and_readable() {
     b2.report(Duration::from_secs(100), 0);
     b2.publish(&api, "gw-b");
     assert!(eventually(|| async { replicas(&api).await == 0 }).await, "scaled to zero");
-    assert_eq!(metric(s.admin, "wakegate_scale_downs_total{solution=\"web\",reason=\"idle\"}").await, Some(1.0));
-    let events = api.list("events.k8s.io/v1", "events", Some("solutions"));
-    let ev = events.iter().find(|e| e["reason"] == "ScaledToZero").expect("an Event");
+    let counted = || async { metric(s.admin, "wakegate_scale_downs_total{solution=\"web\",reason=\"idle\"}").await == Some(1.0) };
+    assert!(eventually(counted).await, "counted");
+    // The Event follows the scale-down.
+    let scaled_down = || api.list("events.k8s.io/v1", "events", Some("solutions")).into_iter().find(|e| e["reason"] == "ScaledToZero");
+    assert!(eventually(|| async { scaled_down().is_some() }).await, "an Event");
+    let ev = scaled_down().expect("an Event");
     assert_eq!(ev["regarding"]["name"], "web");
     assert!(ev["note"].as_str().unwrap().starts_with("scaled to zero after"), "{ev}");
     s.stop().await;
