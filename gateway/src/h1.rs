@@ -782,21 +782,22 @@ mod tests {
             assert!(matches!(parse(&mut buf, 100, 8192), Parsed::Handoff), "{:?}", String::from_utf8_lossy(raw));
             assert_eq!(&buf[..], raw, "bytes lost on handoff");
         }
-        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
-        for i in 0..5 {
-            many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
-        }
-        many.extend_from_slice(b"\r\n");
+        // A GET with `n` header fields.
+        let with_fields = |n: usize| {
+            let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+            for i in 0..n {
+                head.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+            }
+            head.extend_from_slice(b"\r\n");
+            head
+        };
+        let many = with_fields(5);
         let refused = |raw: &[u8], max_headers, max_size| match parse(&mut BytesMut::from(raw), max_headers, max_size) {
             Parsed::Refuse(r) => r.status.as_u16(),
             other => panic!("{other:?} for {:?}", String::from_utf8_lossy(raw)),
         };
         assert_eq!(refused(&many, 4, 8192), 431, "more than max-headers");
-        let mut seventy = b"GET / HTTP/1.1\r\n".to_vec();
-        for i in 0..70 {
-            seventy.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
-        }
-        seventy.extend_from_slice(b"\r\n");
+        let seventy = with_fields(70);
         assert_eq!(refused(&seventy, 69, 8192), 431, "more than this loop parses, and than max-headers");
         assert!(matches!(parse(&mut BytesMut::from(&seventy[..]), 100, 8192), Parsed::Handoff), "more than this loop parses only");
         assert_eq!(refused(b"GET / HTTP/1.1\r\nx: 0123456789\r\n\r\n", 100, 20), 431, "a complete head over the size");

@@ -61,6 +61,16 @@ fn seed(api: &TestApi, cm: &[(&str, &str)]) {
     .expect("deployment");
 }
 
+/// A gateway's series for `solution`, last used `ago` and with `busy`
+/// requests under way.
+fn series(solution: &str, ago: Duration, busy: u32) -> String {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() - ago.as_secs_f64();
+    format!(
+        "wakegate_last_request_timestamp_seconds{{solution=\"{solution}\"}} {t}\nwakegate_in_flight_requests{{solution=\"{solution}\"}} {busy}\n\
+         wakegate_held_requests{{solution=\"{solution}\"}} 0\nwakegate_open_streams{{solution=\"{solution}\"}} 0"
+    )
+}
+
 /// A stand-in gateway replica: an HTTP server answering `/metrics` with a page the test sets.
 struct FakeGateway {
     addr: SocketAddr,
@@ -96,10 +106,7 @@ impl FakeGateway {
 
     /// Reports `web` as last used `ago` and with `busy` requests under way.
     fn report(&self, ago: Duration, busy: u32) {
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() - ago.as_secs_f64();
-        *self.page.lock().unwrap() = format!(
-            "wakegate_last_request_timestamp_seconds{{solution=\"web\"}} {t}\nwakegate_in_flight_requests{{solution=\"web\"}} {busy}\nwakegate_held_requests{{solution=\"web\"}} 0\nwakegate_open_streams{{solution=\"web\"}} 0\n# EOF\n"
-        );
+        self.set(&series("web", ago, busy));
     }
 
     /// Sets the page as it is: one line per series.
@@ -322,11 +329,7 @@ async fn a_solution_declared_by_an_ingress_sleeps_when_idle() {
     .expect("ingress");
     let g = FakeGateway::start().await;
     g.publish(&api, "gw-a");
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() - 100.0;
-    g.set(&format!(
-        "wakegate_last_request_timestamp_seconds{{solution=\"ingressed\"}} {t}\nwakegate_in_flight_requests{{solution=\"ingressed\"}} 0\n\
-         wakegate_held_requests{{solution=\"ingressed\"}} 0\nwakegate_open_streams{{solution=\"ingressed\"}} 0"
-    ));
+    g.set(&series("ingressed", Duration::from_secs(100), 0));
     let dir = tempfile::tempdir().unwrap();
     let s = scaler(&api, "scaler-a", dir.path()).await;
     let wake = r#"{"namespace":"solutions","deployment":"ingressed","replicas":1}"#;
@@ -359,26 +362,19 @@ async fn a_deployment_two_solutions_share_sleeps_only_when_both_are_idle() {
     .expect("svc");
     let g = FakeGateway::start().await;
     g.publish(&api, "gw-a");
-    let series = |solution: &str, ago: f64| {
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() - ago;
-        format!(
-            "wakegate_last_request_timestamp_seconds{{solution=\"{solution}\"}} {t}\nwakegate_in_flight_requests{{solution=\"{solution}\"}} 0\n\
-             wakegate_held_requests{{solution=\"{solution}\"}} 0\nwakegate_open_streams{{solution=\"{solution}\"}} 0"
-        )
-    };
     let dir = tempfile::tempdir().unwrap();
     let s = scaler(&api, "scaler-a", dir.path()).await;
     assert_eq!(http(s.wake, "POST", "/v1/wake", Some(TOKEN), WAKE).await.0, 200);
     // `web` idle for long, `web-alias` used just now, again and again.
     let keep_alias_busy = async {
         for _ in 0..20 {
-            g.set(&format!("{}\n{}", series("web", 100.0), series("web-alias", 0.0)));
+            g.set(&format!("{}\n{}", series("web", Duration::from_secs(100), 0), series("web-alias", Duration::ZERO, 0)));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     keep_alias_busy.await;
     assert_eq!(replicas(&api).await, 1, "web-alias still uses the Deployment");
-    g.set(&format!("{}\n{}", series("web", 100.0), series("web-alias", 100.0)));
+    g.set(&format!("{}\n{}", series("web", Duration::from_secs(100), 0), series("web-alias", Duration::from_secs(100), 0)));
     assert!(eventually(|| async { replicas(&api).await == 0 }).await, "both idle: scaled to zero");
     // The Event follows the scale-down.
     let scaled_down = || api.list("events.k8s.io/v1", "events", Some("solutions")).iter().filter(|e| e["reason"] == "ScaledToZero").count();
