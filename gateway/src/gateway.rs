@@ -173,7 +173,7 @@ impl Gateway {
     /// (ACME's first order, files not there yet) plain HTTP is not
     /// redirected to a handshake that would fail.
     pub fn certificate_served(&self) -> bool {
-        self.certificates.get().is_some_and(|r| r.current().is_some())
+        self.certificates.get().is_some_and(|r| r.has_certificate())
     }
 }
 

@@ -38,12 +38,17 @@ impl Refusal {
         Self::new(StatusCode::NOT_FOUND, "unknown_host", format!("no solution is served at {host}"))
     }
 
+    /// The plain-text body: the message and the request id.
+    fn text(&self, id: &str) -> String {
+        format!("{} (request id {id})\n", self.message)
+    }
+
     /// The whole answer as bytes, for a refusal made where no request was read
     /// whole (a malformed or oversized head, a slow one, a connection over
     /// the limit): text, the request id, and the connection closed.
     pub fn wire(&self, request_id: &HeaderValue) -> Vec<u8> {
         let id = request_id.to_str().unwrap_or("-");
-        let body = format!("{} (request id {id})\n", self.message);
+        let body = self.text(id);
         let reason = self.status.canonical_reason().unwrap_or("");
         let mut out = format!(
             "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nx-request-id: {id}\r\n",
@@ -88,7 +93,7 @@ impl Refusal {
                 ),
             )
         } else {
-            ("text/plain; charset=utf-8", format!("{} (request id {id})\n", self.message))
+            ("text/plain; charset=utf-8", self.text(id))
         };
         let mut resp = Response::new(Body::full(body));
         *resp.status_mut() = self.status;

@@ -56,6 +56,11 @@ impl CertResolver {
         self.current.swap(Some(key))
     }
 
+    /// Whether a certificate is served now (no reference taken).
+    pub fn has_certificate(&self) -> bool {
+        self.current.load().is_some()
+    }
+
     /// The certificate served now.
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.current.load_full()
