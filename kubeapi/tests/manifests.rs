@@ -503,6 +503,7 @@ fn known_series() -> BTreeSet<String> {
         "acme_orders",
         "tls_handshake_errors",
         "reaper_scrape_failures",
+        "reaper_scale_down_conflicts",
     ];
     let histograms = [m::REQUEST_DURATION, m::WAKEUP_DURATION];
     let gauges = [

@@ -384,6 +384,40 @@ async fn a_deployment_two_solutions_share_sleeps_only_when_both_are_idle() {
     s.stop().await;
 }
 
+/// A scale-down decided on a reading does not undo a change made after it
+/// (here an operator's `kubectl scale --replicas=3` while the reaper confirmed
+/// its idle decision): the API server refuses the stale patch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_down_never_overwrites_a_change_made_after_its_reading() {
+    use wakegate_scaler::cluster::scale;
+    let api = kubeapi::start().await;
+    seed(&api, &[]);
+    let d: Api<Deployment> = Api::namespaced(client(&api, "scaler"), "solutions");
+    assert_eq!(scale::wake(&d, "web", 1).await.unwrap(), (true, 1));
+    let seen = scale::read(&d, "web").await.unwrap();
+    assert_eq!(seen.replicas, 1);
+
+    let operator: Api<Deployment> = Api::namespaced(client(&api, "operator"), "solutions");
+    let three = kube::api::Patch::Merge(json!({"spec": {"replicas": 3}}));
+    operator.patch_scale("web", &kube::api::PatchParams::default(), &three).await.unwrap();
+
+    assert!(!scale::sleep(&d, "web", &seen).await.unwrap(), "a stale reading scales nothing down");
+    assert_eq!(replicas(&api).await, 3, "the operator's count stays");
+    // A wake finds it up and leaves it as it is.
+    assert_eq!(scale::wake(&d, "web", 1).await.unwrap(), (false, 3));
+
+    // Decided on a fresh reading, it goes to zero.
+    let seen = scale::read(&d, "web").await.unwrap();
+    assert!(scale::sleep(&d, "web", &seen).await.unwrap());
+    assert_eq!(replicas(&api).await, 0);
+    // Two wakes at once: one scales it up, the other finds it up.
+    let (a, b) = tokio::join!(scale::wake(&d, "web", 1), scale::wake(&d, "web", 1));
+    let mut outcomes = [a.unwrap(), b.unwrap()];
+    outcomes.sort();
+    assert_eq!(outcomes, [(false, 1), (true, 1)]);
+    assert_eq!(replicas(&api).await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_solutions_sleep_only_when_every_gateway_is_idle_and_readable() {
     let api = kubeapi::start().await;

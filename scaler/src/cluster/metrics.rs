@@ -30,6 +30,7 @@ pub struct ScalerMetrics {
     wake_requests: Family<OutcomeLabels, Counter>,
     scale_downs: Family<ScaleDownLabels, Counter>,
     scrape_failures: Counter,
+    conflicts: Counter,
     rounds: Family<OutcomeLabels, Counter>,
     leader: Gauge,
     ready: AtomicBool,
@@ -50,6 +51,7 @@ impl ScalerMetrics {
             wake_requests: Family::default(),
             scale_downs: Family::default(),
             scrape_failures: Counter::default(),
+            conflicts: Counter::default(),
             rounds: Family::default(),
             leader: Gauge::default(),
             ready: AtomicBool::new(true),
@@ -64,6 +66,11 @@ impl ScalerMetrics {
             "reaper_scrape_failures",
             "Readings of the gateways' activity that failed: a replica, or Prometheus with activity-source prometheus, could not be read (that round scaled nothing down)",
             m.scrape_failures.clone(),
+        );
+        registry.register(
+            "reaper_scale_down_conflicts",
+            "Scale-downs not made because the Deployment changed after the round read it (woken, scaled or rolled out meanwhile; looked at again next round)",
+            m.conflicts.clone(),
         );
         registry.register("reaper_rounds", "Idle checks, by outcome (done, skipped)", m.rounds.clone());
         // At 0 from the start: an alert's `increase()` then sees the first round of each.
@@ -87,6 +94,11 @@ impl ScalerMetrics {
     /// Counts an unreadable gateway.
     pub fn scrape_failed(&self) {
         self.scrape_failures.inc();
+    }
+
+    /// Counts a scale-down refused by the API server's resourceVersion check.
+    pub fn round_conflict(&self) {
+        self.conflicts.inc();
     }
 
     /// Counts a reaper round.

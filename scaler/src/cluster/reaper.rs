@@ -156,14 +156,15 @@ impl Reaper {
             let proto::Backend::Cluster(c) = &spec.backend else { continue };
             let api: Api<Deployment> = Api::namespaced(self.client.clone(), &c.namespace);
             let key = (c.namespace.clone(), c.deployment.clone());
-            match scale::replicas(&api, &c.deployment).await {
-                Ok(0) => {
+            let seen = match scale::read(&api, &c.deployment).await {
+                Ok(seen) if seen.replicas == 0 => {
                     self.unreadable.remove(&key);
                     self.up_since.remove(&key);
                     continue;
                 }
-                Ok(_) => {
+                Ok(seen) => {
                     self.unreadable.remove(&key);
+                    seen
                 }
                 Err(e) => {
                     busy.insert(key.clone());
@@ -172,16 +173,16 @@ impl Reaper {
                     }
                     continue;
                 }
-            }
+            };
             let since = *self.up_since.entry(key.clone()).or_insert(now);
             if let Some(Decision::Sleep(_)) = observe(&activity, &spec, since).map(|o| decide(now, &o)) {
                 let deployment = c.deployment.clone();
-                idle.push((spec, api, deployment, since, key));
+                idle.push((spec, api, deployment, since, key, seen));
             } else {
                 busy.insert(key);
             }
         }
-        idle.retain(|(.., key)| !busy.contains(key));
+        idle.retain(|(.., key, _)| !busy.contains(key));
         if !idle.is_empty() {
             // Confirm with a reading taken after this decision: a request may have arrived since.
             let Some(again) = self.confirm(settings, &activity).await else { return };
@@ -189,18 +190,18 @@ impl Reaper {
                 return;
             }
             let mut sleeping = Vec::new();
-            for (spec, api, deployment, since, key) in idle {
+            for (spec, api, deployment, since, key, seen) in idle {
                 match observe(&again, &spec, since).map(|o| decide(SystemTime::now(), &o)) {
-                    Some(Decision::Sleep(idle)) => sleeping.push((spec, api, deployment, idle, key)),
+                    Some(Decision::Sleep(idle)) => sleeping.push((spec, api, deployment, idle, key, seen)),
                     _ => {
                         busy.insert(key);
                     }
                 }
             }
             let mut done = std::collections::HashSet::new();
-            for (spec, api, deployment, idle, key) in sleeping {
+            for (spec, api, deployment, idle, key, seen) in sleeping {
                 if !busy.contains(&key) && done.insert(key) {
-                    self.scale_down(&api, &spec, &deployment, idle).await;
+                    self.scale_down(&api, &spec, &deployment, idle, &seen).await;
                 }
             }
         }
@@ -263,8 +264,11 @@ impl Reaper {
         }
     }
 
-    async fn scale_down(&self, api: &Api<Deployment>, spec: &SolutionSpec, deployment: &str, idle: Duration) {
-        match scale::sleep(api, deployment).await {
+    /// Scales the Deployment to zero if it is still as `seen` at the start of
+    /// the round: one changed since (woken, scaled by someone else, rolled
+    /// out) is looked at again next round.
+    async fn scale_down(&self, api: &Api<Deployment>, spec: &SolutionSpec, deployment: &str, idle: Duration, seen: &scale::Seen) {
+        match scale::sleep(api, deployment, seen).await {
             Ok(true) => {
                 let idle_s = proto::units::format_duration(Duration::from_secs(idle.as_secs()));
                 tracing::info!(solution = %spec.name, deployment, "scaled to zero after {idle_s} idle");
@@ -282,7 +286,10 @@ impl Reaper {
                     }
                 }
             }
-            Ok(false) => {}
+            Ok(false) => {
+                tracing::info!(solution = %spec.name, deployment, "not scaled to zero: the Deployment changed since this round read it; it is looked at again next round");
+                self.metrics.round_conflict();
+            }
             Err(e) => tracing::warn!(solution = %spec.name, deployment, "scale to zero failed: {e}"),
         }
     }
