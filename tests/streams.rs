@@ -112,6 +112,31 @@ async fn websocket_echo_passes_through() {
     assert!(second.get("wait_ms").is_none(), "{second}");
 }
 
+/// A WebSocket that carries nothing either way for `tunnel-idle-timeout` is
+/// closed (and its solution may then sleep); one in use is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_websocket_is_closed_after_the_tunnel_idle_timeout() {
+    let wg = Wakegate::start(&testapp_solution("app", "", "idle-timeout = \"2s\"\ntunnel-idle-timeout = \"1500ms\""));
+    let mut ws = open_ws(&wg, "app").await;
+    // In use for 3 s, twice the timeout: kept open.
+    for i in 0..6 {
+        echo(&mut ws, Message::text(format!("message {i}"))).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    echo(&mut ws, Message::text("still open")).await;
+
+    // Quiet: the gateway closes it after the timeout, not before.
+    let quiet_since = Instant::now();
+    let ended = timeout(Duration::from_secs(10), ws.next()).await.expect("closed within 10 s of quiet");
+    let after = quiet_since.elapsed();
+    assert!(!matches!(ended, Some(Ok(_))), "nothing but the end of the stream: {ended:?}");
+    assert!(after >= Duration::from_millis(1400), "closed after {after:?} of quiet, before the 1.5 s timeout");
+    assert!(wg.log().contains("without traffic (tunnel-idle-timeout)"), "{}", wg.log());
+    // No open stream is left to keep the solution awake.
+    let cold = eventually(Duration::from_secs(8), || async { wg.phase("app").await == "cold" }).await;
+    assert!(cold, "not scaled down after the quiet WebSocket was closed; log:\n{}", wg.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_websocket_keeps_solution_awake() {
     let wg = Wakegate::start(&testapp_solution("app", "", "idle-timeout = \"2s\""));

@@ -642,24 +642,33 @@ fn respond_direct(
 }
 
 /// Copies bytes both ways between an upgraded client and solution connection,
-/// counted as an open stream (which keeps the solution awake) until both close.
-/// The access log's line, if one is kept, is written when both close.
+/// counted as an open stream (which keeps the solution awake) until both close,
+/// or until no byte went either way for the solution's `tunnel-idle-timeout`
+/// (then both are closed). The access log's line, if one is kept, is written
+/// when both close.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     stream: OwnedActivity,
     log: Option<access_log::Tunnel>,
 ) {
+    let idle = stream.solution().spec.load().settings.tunnel_idle_timeout;
     let (c, u) = tokio::join!(client, upstream);
     let (to_client, clean) = match (c, u) {
         (Ok(c), Ok(u)) => {
+            let quiet = Quiet::new();
             // Counted as written: an ended stream (a reset) still tells.
-            let mut c = Counted { io: TokioIo::new(c), written: 0 };
-            let mut u = TokioIo::new(u);
-            match tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                Ok(_) => (c.written, true),
-                Err(e) => {
+            let mut c = Counted { io: TokioIo::new(c), written: 0, quiet: &quiet };
+            let mut u = Counted { io: TokioIo::new(u), written: 0, quiet: &quiet };
+            match quiet.limit(tokio::io::copy_bidirectional(&mut c, &mut u), idle).await {
+                Some(Ok(_)) => (c.written, true),
+                Some(Err(e)) => {
                     tracing::debug!("upgraded stream ended: {e}");
+                    (c.written, false)
+                }
+                None => {
+                    let idle = proto::units::format_duration(idle);
+                    tracing::info!(solution = %stream.solution().name, "upgraded connection closed after {idle} without traffic (tunnel-idle-timeout)");
                     (c.written, false)
                 }
             }
@@ -675,23 +684,69 @@ async fn tunnel(
     }
 }
 
-/// A stream that counts the bytes written to it.
-struct Counted<T> {
-    io: T,
-    written: u64,
+/// When a tunnel last moved a byte, either way.
+struct Quiet {
+    since: Instant,
+    /// Milliseconds after `since` of the last byte read or written.
+    last: std::sync::atomic::AtomicU64,
 }
 
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+impl Quiet {
+    fn new() -> Self {
+        Self { since: Instant::now(), last: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn moved(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `f`'s output, or `None` once nothing moved for `idle` (zero: never).
+    async fn limit<F: std::future::Future>(&self, f: F, idle: Duration) -> Option<F::Output> {
+        if idle.is_zero() {
+            return Some(f.await);
+        }
+        let mut f = std::pin::pin!(f);
+        let mut deadline = self.since + idle;
+        loop {
+            tokio::select! {
+                out = &mut f => return Some(out),
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    let last = self.since + Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed));
+                    if last.elapsed() >= idle {
+                        return None;
+                    }
+                    deadline = last + idle;
+                }
+            }
+        }
+    }
+}
+
+/// One end of a tunnel: counts the bytes written to it, and notes every byte
+/// read or written in the tunnel's [`Quiet`].
+struct Counted<'q, T> {
+    io: T,
+    written: u64,
+    quiet: &'q Quiet,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<'_, T> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.quiet.moved();
+        }
+        polled
     }
 }
 
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<'_, T> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -701,6 +756,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
         let polled = std::pin::Pin::new(&mut this.io).poll_write(cx, data);
         if let std::task::Poll::Ready(Ok(n)) = polled {
             this.written += n as u64;
+            this.quiet.moved();
         }
         polled
     }

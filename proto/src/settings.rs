@@ -57,6 +57,11 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// 300 s for a solution's response headers: AI inference can take minutes,
 /// and a held request's wake-up is not counted here.
 pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+/// 15 min without a byte either way closes an upgraded connection (WebSocket):
+/// longer than nginx's 60 s `proxy_read_timeout` and Envoy's 5 min stream idle
+/// timeout, which cut quiet but live sockets, and half the default idle
+/// timeout, so a forgotten tab does not keep its solution awake for good.
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// 100 concurrent HTTP/2 streams per connection (RFC 9113's recommended minimum).
 pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
 /// 100,000 rate-limited clients tracked per solution (~6 MiB); beyond it new
@@ -307,6 +312,12 @@ pub const KEYS: &[Key] = &[
         doc: "time for a solution to send its response headers → 504",
     },
     Key {
+        name: "tunnel-idle-timeout",
+        scope: Scope::Solution,
+        default: "15m",
+        doc: "an upgraded connection (WebSocket) with no bytes either way for this long is closed; an open one keeps its solution awake; 0 = never",
+    },
+    Key {
         name: "max-concurrent-requests",
         scope: Scope::Solution,
         default: "256",
@@ -373,6 +384,8 @@ pub struct SolutionSettings {
     pub client_body_timeout: Duration,
     /// Longest wait for a solution's response headers.
     pub upstream_response_timeout: Duration,
+    /// An upgraded connection quiet both ways this long is closed; zero = never.
+    pub tunnel_idle_timeout: Duration,
     /// Replicas a cluster solution wakes to.
     pub wake_replicas: NonZeroU32,
     /// Requests forwarded to one endpoint at once; 0 = unlimited.
@@ -394,6 +407,7 @@ impl Default for SolutionSettings {
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
             upstream_response_timeout: DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
+            tunnel_idle_timeout: DEFAULT_TUNNEL_IDLE_TIMEOUT,
             wake_replicas: NonZeroU32::MIN,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT,
         }
@@ -417,6 +431,7 @@ impl SolutionSettings {
             "max-body-size" => self.max_body_size = parse_size(value)?,
             "client-body-timeout" => self.client_body_timeout = positive(parse_duration(value)?)?,
             "upstream-response-timeout" => self.upstream_response_timeout = positive(parse_duration(value)?)?,
+            "tunnel-idle-timeout" => self.tunnel_idle_timeout = parse_duration(value)?,
             "wake-replicas" => self.wake_replicas = parse_nonzero(value)?,
             "max-concurrent-requests" => self.max_concurrent_requests = parse_u32(value)?,
             _ => return Ok(false),
@@ -439,6 +454,7 @@ impl SolutionSettings {
             ("max-body-size", self.max_body_size.to_string()),
             ("client-body-timeout", format_duration(self.client_body_timeout)),
             ("upstream-response-timeout", format_duration(self.upstream_response_timeout)),
+            ("tunnel-idle-timeout", format_duration(self.tunnel_idle_timeout)),
             ("wake-replicas", self.wake_replicas.to_string()),
             ("max-concurrent-requests", self.max_concurrent_requests.to_string()),
         ]
