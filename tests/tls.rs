@@ -584,6 +584,27 @@ async fn the_exec_provider_obtains_a_certificate_through_knsupdate() -> Result<(
     Ok(())
 }
 
+/// Stopped in the middle of an order (here while it waits for the records to
+/// propagate), wakegate removes the challenge records it published and
+/// releases the ordering lock before it exits: none is left in the zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_mid_order_removes_its_challenge_records() -> Result<()> {
+    let rig = Rig::start(Options::default()).await?;
+    let tls_dir = rig.dir.path().join("tls");
+    let mut wg = Wakegate::start(&Settings::acme(&rig, &tls_dir).set("acme-propagation-delay", "5m").render());
+    let published = eventually(Duration::from_secs(30), || async { rig.txt(OWNER).await.is_ok_and(|v| v.len() == 2) }).await;
+    assert!(published, "both challenge records published; log:\n{}", wg.log());
+    assert!(tls_dir.join("acme.lock").exists(), "the ordering lock is held during the order");
+
+    let status = wg.terminate(Duration::from_secs(20));
+    assert!(status.success(), "exit {status:?}; log:\n{}", wg.log());
+    assert_eq!(rig.txt(OWNER).await?, Vec::<String>::new(), "the records are removed at shutdown; log:\n{}", wg.log());
+    assert!(!tls_dir.join("acme.lock").exists(), "the ordering lock is released");
+    assert!(wg.log().contains("certificate order abandoned"), "{}", wg.log());
+    stop_rig(rig);
+    Ok(())
+}
+
 #[test]
 fn check_names_a_missing_tsig_secret_and_exits_64() -> Result<()> {
     let dir = tempfile::tempdir()?;

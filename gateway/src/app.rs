@@ -119,12 +119,13 @@ pub async fn run(
     let grace = config.settings.shutdown_grace;
     let base = config.settings.base_domain.clone();
 
+    let mut renewer = None;
     let acceptor = match &tls_l {
         None => None,
         Some(_) => {
             let resolver = Arc::new(CertResolver::new());
             gw.serve_certificates_from(resolver.clone());
-            tls::source::start(&loaded.tls, &base, resolver.clone(), metrics.tls.clone(), shutdown.clone()).await?;
+            renewer = tls::source::start(&loaded.tls, &base, resolver.clone(), metrics.tls.clone(), shutdown.clone()).await?;
             Some(TlsAcceptor::from(tls::server_config(resolver).map_err(AppError::Tls)?))
         }
     };
@@ -156,7 +157,19 @@ pub async fn run(
         _ = stop_now => tracing::warn!("second signal: not waiting for open requests"),
     }
     tracing::info!("stopping solutions");
-    orchestrator.shutdown().await;
+    // An ACME order under way is abandoned; its challenge records are removed
+    // (and the ordering lock released) meanwhile.
+    let renewer_done = async {
+        if let Some(task) = renewer
+            && tokio::time::timeout(tls::renew::STOP_WAIT, task).await.is_err()
+        {
+            tracing::warn!(
+                "the certificate renewer did not stop within {:?}: a challenge record may be left in DNS",
+                tls::renew::STOP_WAIT
+            );
+        }
+    };
+    tokio::join!(orchestrator.shutdown(), renewer_done);
     tracing::info!("bye");
     Ok(())
 }

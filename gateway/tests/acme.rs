@@ -191,7 +191,7 @@ async fn rfc2136_wildcard_certificate_is_served_renewed_and_the_account_reused()
     assert_eq!(resolver2.current().map(|k| k.cert[0].to_vec()), Some(leaf(&first.bundle)?));
 
     // ...and its next order (a renewal) uses the same account.
-    let second = acme2.obtain(Some(&first.bundle)).await?;
+    let second = acme2.obtain(Some(&first.bundle), None).await?;
     assert_eq!(second.account_url, first.account_url, "account reused across restarts");
     assert_ne!(second.order_url, first.order_url);
     assert_ne!(leaf(&second.bundle)?, leaf(&first.bundle)?);
@@ -241,13 +241,13 @@ async fn the_exec_provider_obtains_a_certificate_with_external_account_binding()
 
     // Without EAB, this CA refuses to create the account.
     let no_eab = Acme::new(config(&rig, None), Arc::new(DirStore::new(rig.dir.path().join("no-eab"))), dns.clone());
-    let err = no_eab.obtain(None).await;
+    let err = no_eab.obtain(None, None).await;
     assert!(matches!(err, Err(AcmeError::Rejected { .. })), "{err:?}");
 
     let hmac_key = data_encoding::BASE64URL_NOPAD.decode(rig::EAB_HMAC.as_bytes())?;
     let eab = Eab { kid: rig::EAB_KID.into(), hmac_key };
     let acme = Acme::new(config(&rig, Some(eab)), Arc::new(DirStore::new(rig.dir.path().join("tls"))), dns);
-    let issued = match acme.obtain(None).await {
+    let issued = match acme.obtain(None, None).await {
         Ok(i) => i,
         Err(e) => return Err(format!("{e}\n{}", rig.logs()).into()),
     };

@@ -257,8 +257,13 @@ impl Leader {
                 _ = crate::server::stopped(&mut shutdown) => break,
             }
         }
-        if let Some(running) = renewer.take() {
-            running.stop();
+        // An order under way is abandoned and its challenge records removed
+        // before the Lease goes to another replica.
+        let tasks = renewer.take().map(Running::stop).into_iter().chain(stopping.take());
+        for task in tasks {
+            if tokio::time::timeout(crate::tls::renew::STOP_WAIT, task).await.is_err() {
+                tracing::warn!("the certificate renewer did not stop in time: a challenge record may be left in DNS");
+            }
         }
         if held_until.is_some()
             && let Err(e) = self.lock.release().await

@@ -28,7 +28,7 @@ use instant_acme::{
     NewOrder, Order, OrderStatus, RetryPolicy,
 };
 use rustls_pki_types::CertificateDer;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use crate::tls::certkey::{CertBundle, CertError, CertInfo};
 use crate::tls::dns::{DnsError, DnsProvider};
@@ -131,6 +131,10 @@ pub enum AcmeError {
     /// The issued certificate or stored account is unusable.
     #[error("unusable certificate or account: {0}")]
     Internal(String),
+    /// The renewer was told to stop (shutdown, or the ACME Lease lost)
+    /// during the order: it was abandoned, its records removed.
+    #[error("abandoned: the renewer was told to stop")]
+    Stopped,
 }
 
 /// Runs ACME orders for one base domain.
@@ -150,9 +154,9 @@ pub const ORDER_OUTCOMES: [&str; 7] = ["success", "dns", "rejected", "network", 
 
 impl AcmeError {
     /// The `outcome` label of `acme_orders_total`: `dns`, `rejected`,
-    /// `network`, `store`, `locked` or `internal`.
+    /// `network`, `store`, `locked` or `internal` (`stopped` is not counted).
     pub fn outcome(&self) -> &'static str {
-        // Every value here is in ORDER_OUTCOMES.
+        // Every value here but `stopped` is in ORDER_OUTCOMES.
         match self {
             Self::Dns(_) => "dns",
             Self::Rejected { .. } => "rejected",
@@ -160,6 +164,7 @@ impl AcmeError {
             Self::Store(_) => "store",
             Self::Locked { .. } => "locked",
             Self::Internal(_) => "internal",
+            Self::Stopped => "stopped",
         }
     }
 
@@ -213,13 +218,15 @@ impl Acme {
 
     /// Obtains a certificate under the ordering lock and saves it. `previous`
     /// is the certificate being renewed, named to the CA (ARI `replaces`)
-    /// when it offers renewal information.
-    pub async fn obtain(&self, previous: Option<&CertBundle>) -> Result<Issued, AcmeError> {
+    /// when it offers renewal information. Once `stop` turns true the order
+    /// is abandoned ([`AcmeError::Stopped`]), and the challenge records
+    /// published so far are removed and the lock released first.
+    pub async fn obtain(&self, previous: Option<&CertBundle>, stop: Option<watch::Receiver<bool>>) -> Result<Issued, AcmeError> {
         match self.store.try_lock(&self.holder, self.config.lock_stale_after).await? {
             LockState::Acquired => {}
             LockState::HeldBy(holder) => return Err(AcmeError::Locked { holder }),
         }
-        let result = self.order_and_save(previous).await;
+        let result = self.order_and_save(previous, stop).await;
         if let Err(e) = self.store.unlock(&self.holder).await {
             tracing::warn!("cannot release the ACME lock: {e}");
         }
@@ -286,7 +293,7 @@ impl Acme {
         built.map_err(|e| AcmeError::Internal(format!("ACME HTTP client: {e}")))
     }
 
-    async fn order_and_save(&self, previous: Option<&CertBundle>) -> Result<Issued, AcmeError> {
+    async fn order_and_save(&self, previous: Option<&CertBundle>, stop: Option<watch::Receiver<bool>>) -> Result<Issued, AcmeError> {
         let account = self.account().await?;
         let base = &self.config.base;
         let identifiers = [Identifier::Dns(format!("*.{base}")), Identifier::Dns(base.clone())];
@@ -306,7 +313,15 @@ impl Acme {
         tracing::info!(order = %order_url, "ACME order placed for *.{base} and {base}");
 
         let mut published = Vec::new();
-        let outcome = self.validate_and_issue(&mut order, &mut published).await;
+        let outcome = match stop {
+            // Dropped mid-way, the validation leaves `published` to the cleanup below.
+            Some(mut stop) => tokio::select! {
+                biased;
+                () = crate::server::stopped(&mut stop) => Err(AcmeError::Stopped),
+                outcome = self.validate_and_issue(&mut order, &mut published) => outcome,
+            },
+            None => self.validate_and_issue(&mut order, &mut published).await,
+        };
         for (owner, value) in &published {
             if let Err(e) = self.dns.cleanup(owner, value).await {
                 tracing::warn!(%owner, "cannot remove a challenge record: {e}");

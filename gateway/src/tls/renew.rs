@@ -149,6 +149,11 @@ struct Requests {
     wake: Notify,
 }
 
+/// Longest wait at shutdown for a renewer to remove the challenge records of
+/// an order it abandons (DNS updates take milliseconds; a provider's hook
+/// may take longer).
+pub const STOP_WAIT: Duration = Duration::from_secs(10);
+
 /// Keeps the served certificate obtained and renewed.
 pub struct Renewer {
     acme: Arc<Acme>,
@@ -165,6 +170,9 @@ pub struct Renewer {
     seen: u64,
     /// A certificate issued but not saved yet (see [`Issued::unsaved`]).
     unsaved: Option<(CertBundle, CertInfo)>,
+    /// What [`Self::run`] is stopped by: an order under way is abandoned
+    /// when it turns true.
+    stop: Option<watch::Receiver<bool>>,
 }
 
 /// The handle of the process's running renewer, for the admin listener.
@@ -219,6 +227,7 @@ impl Renewer {
             satisfied: 0,
             seen: 0,
             unsaved: None,
+            stop: None,
         }
     }
 
@@ -232,6 +241,7 @@ impl Renewer {
     /// (one it saw is already ordered, or retried after the backoff).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let requests = self.requests.clone();
+        self.stop = Some(shutdown.clone());
         loop {
             let tick = self.tick(SystemTime::now()).await;
             let until = tokio::time::Instant::now() + tick.next;
@@ -315,7 +325,7 @@ impl Renewer {
     }
 
     async fn obtain(&mut self, previous: Option<&CertBundle>, now: SystemTime) -> Tick {
-        match self.acme.obtain(previous).await {
+        match self.acme.obtain(previous, self.stop.clone()).await {
             Ok(issued) => {
                 self.failures = 0;
                 self.serve(&issued.bundle, &issued.info);
@@ -326,6 +336,10 @@ impl Renewer {
                 self.metrics.order_succeeded(now);
                 tracing::info!(names = ?issued.info.names, not_after = ?issued.info.not_after, "certificate obtained");
                 Tick { outcome: Outcome::Obtained(Box::new(issued)), next: RETRY_MIN }
+            }
+            Err(AcmeError::Stopped) => {
+                tracing::info!("certificate order abandoned: told to stop (its challenge records removed)");
+                Tick { outcome: Outcome::Failed(AcmeError::Stopped), next: RETRY_MIN }
             }
             Err(e) => {
                 self.metrics.order(e.outcome());

@@ -77,13 +77,15 @@ async fn self_signed_renewal(
 }
 
 /// Starts the source for `tls`, serving through `resolver`, until `shutdown`.
+/// With ACME, the renewer's task: at shutdown it abandons an order under way
+/// and removes its challenge records, which the caller waits for.
 pub async fn start(
     tls: &TlsSettings,
     base: &str,
     resolver: Arc<CertResolver>,
     metrics: TlsMetrics,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), StartError> {
+) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
     match &tls.source {
         TlsSource::Off => {}
         TlsSource::SelfSigned => {
@@ -110,22 +112,22 @@ pub async fn start(
             let config = match tls.acme_config(base).await {
                 Some(Ok(c)) => c,
                 Some(Err(e)) => return Err(StartError::Acme(e)),
-                None => return Ok(()),
+                None => return Ok(None),
             };
             let dns = match tls.dns_provider(base) {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => return Err(StartError::Acme(e)),
-                None => return Ok(()),
+                None => return Ok(None),
             };
             let dir = tls.dir.clone().unwrap_or_else(|| "tls".into());
             let acme = Arc::new(Acme::new(config, Arc::new(DirStore::new(dir)), dns));
             let renewer = Renewer::new(acme, resolver, metrics);
             // The admin listener's `POST /tls/renew` reaches it through this.
             renew::register(renewer.handle());
-            tokio::spawn(renewer.run(shutdown));
+            return Ok(Some(tokio::spawn(renewer.run(shutdown))));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]
