@@ -353,3 +353,44 @@ async fn a_store_failure_never_costs_another_order() -> Result<(), Error> {
     assert_eq!(orders(&registry)?, "wakegate_acme_orders_total{outcome=\"success\"} 1", "one order in all");
     Ok(())
 }
+
+/// A provider whose first `failures` cleanups fail (the DNS server briefly
+/// unreachable once the CA has validated).
+struct CleanupFails {
+    inner: Arc<dyn DnsProvider>,
+    failures: std::sync::atomic::AtomicUsize,
+}
+
+impl DnsProvider for CleanupFails {
+    fn present<'a>(&'a self, fqdn: &'a str, value: &'a str) -> DnsFuture<'a> {
+        self.inner.present(fqdn, value)
+    }
+
+    fn cleanup<'a>(&'a self, fqdn: &'a str, value: &'a str) -> DnsFuture<'a> {
+        use std::sync::atomic::Ordering;
+        if self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            let outage = DnsError::Refused { server: ([127, 0, 0, 1], 53).into(), name: fqdn.into(), code: "SERVFAIL".into() };
+            return Box::pin(async { Err(outage) });
+        }
+        self.inner.cleanup(fqdn, value)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenge_records_that_could_not_be_removed_are_removed_at_the_next_pass() -> Result<(), Error> {
+    let rig = Rig::start(Options::default()).await?;
+    let store: Arc<dyn CertStore> = Arc::new(DirStore::new(rig.dir.path().join("tls")));
+    let rfc2136: Arc<dyn DnsProvider> = Arc::new(Rfc2136::new(rig.dns.to_string(), ZONE, &tsig_key(&rig)?)?);
+    let dns = Arc::new(CleanupFails { inner: rfc2136, failures: 2.into() });
+    let acme = Arc::new(Acme::new(config(&rig, None), store, dns));
+    let mut renewer = Renewer::new(acme, Arc::new(CertResolver::new()), TlsMetrics::default());
+
+    let tick = renewer.tick(SystemTime::now()).await;
+    assert!(matches!(tick.outcome, Outcome::Obtained(_)), "{:?}\n{}", tick.outcome, rig.logs());
+    assert_eq!(rig.txt(OWNER).await?.len(), 2, "both records are still there after the failed cleanups");
+
+    let tick = renewer.tick(SystemTime::now()).await;
+    assert!(matches!(tick.outcome, Outcome::Loaded | Outcome::Current), "{:?}", tick.outcome);
+    assert_eq!(rig.txt(OWNER).await?, Vec::<String>::new(), "removed at the next pass");
+    Ok(())
+}

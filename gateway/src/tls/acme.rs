@@ -144,6 +144,9 @@ pub struct Acme {
     dns: Arc<dyn DnsProvider>,
     holder: String,
     account: Mutex<Option<Account>>,
+    /// Challenge records whose removal failed, removed again at the next
+    /// [`Acme::remove_leftovers`].
+    leftovers: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 /// Every outcome an order is counted under: `success` and each
@@ -203,7 +206,7 @@ impl Acme {
     pub fn new(config: AcmeConfig, store: Arc<dyn CertStore>, dns: Arc<dyn DnsProvider>) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "wakegate".into());
         let holder = format!("{host}/{}/{:08x}", std::process::id(), fastrand::u32(..));
-        Self { config, store, dns, holder, account: Mutex::new(None) }
+        Self { config, store, dns, holder, account: Mutex::new(None), leftovers: std::sync::Mutex::default() }
     }
 
     /// The configuration.
@@ -231,6 +234,26 @@ impl Acme {
             tracing::warn!("cannot release the ACME lock: {e}");
         }
         result
+    }
+
+    /// Removes the challenge records an earlier order could not (the DNS
+    /// server was unreachable, say); those that still fail stay for the next
+    /// call. Returns how many are left.
+    pub async fn remove_leftovers(&self) -> usize {
+        let pending = std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut failed = Vec::new();
+        for (owner, value) in pending {
+            match self.dns.cleanup(&owner, &value).await {
+                Ok(()) => tracing::info!(%owner, "removed a challenge record left by an earlier order"),
+                Err(e) => {
+                    tracing::warn!(%owner, "still cannot remove a challenge record: {e}");
+                    failed.push((owner, value));
+                }
+            }
+        }
+        let mut slot = self.leftovers.lock().unwrap_or_else(|p| p.into_inner());
+        slot.extend(failed);
+        slot.len()
     }
 
     /// The CA's suggested renewal window for `bundle` (RFC 9773) and when to
@@ -322,9 +345,10 @@ impl Acme {
             },
             None => self.validate_and_issue(&mut order, &mut published).await,
         };
-        for (owner, value) in &published {
-            if let Err(e) = self.dns.cleanup(owner, value).await {
-                tracing::warn!(%owner, "cannot remove a challenge record: {e}");
+        for (owner, value) in published {
+            if let Err(e) = self.dns.cleanup(&owner, &value).await {
+                tracing::warn!(%owner, "cannot remove a challenge record: {e}; trying again at the next pass");
+                self.leftovers.lock().unwrap_or_else(|p| p.into_inner()).push((owner, value));
             }
         }
         let (chain_pem, key_pem) = outcome?;

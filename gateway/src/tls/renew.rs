@@ -268,6 +268,7 @@ impl Renewer {
 
     /// One pass at wall-clock time `now`.
     pub async fn tick(&mut self, now: SystemTime) -> Tick {
+        self.acme.remove_leftovers().await;
         if let Some((bundle, _)) = &self.unsaved {
             match self.acme.store().save_cert(bundle).await {
                 Ok(()) => {
