@@ -125,6 +125,18 @@ async fn serves_http2_prior_knowledge() {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"over h2");
     }
+    // HEAD to what the gateway answers itself (the catalog, a refusal): the
+    // length of the body a GET gets, and no body (a body is a stream error).
+    for (host, status) in [("localhost", 200), ("nosuch.localhost", 404)] {
+        let req = Request::head(format!("http://{host}/")).body(Full::new(Bytes::new())).unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), status, "{host}");
+        let len: usize = resp.headers()["content-length"].to_str().unwrap().parse().unwrap();
+        assert!(len > 0, "{host}: the GET body's length");
+        assert!(resp.headers().contains_key("x-request-id"), "{host}");
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+        assert!(body.as_ref().is_ok_and(|b| b.is_empty()), "{host}: no body: {body:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -304,14 +304,21 @@ where
         let svc_conn = conn.clone();
         let info = info.tls.then_some(info);
         let svc_info = info.clone();
+        // hyper's HTTP/1.1 leaves out the body of an answer to HEAD; its
+        // HTTP/2 sends it, which a client takes for a protocol error.
+        let h2 = proto == Proto::H2;
         let svc = service_fn(move |req: Request<Incoming>| {
             let serving = svc_conn.serving();
+            let head = h2 && req.method() == http::Method::HEAD;
             let req = req.map(RequestBody::Hyper);
             // `map`, not an `async` block: that would store the handler's
             // future twice (captured, then awaited).
             // hyper writes the header map: a head passed on as it came joins it.
             handler(peer, svc_info.as_deref(), req).map(move |Answer { mut resp, log }| {
                 crate::direct::materialize(&mut resp);
+                if head {
+                    head_only(&mut resp);
+                }
                 Ok::<_, Infallible>(resp.map(|b| Tracked { inner: b, _serving: serving, log }))
             })
         });
@@ -588,6 +595,23 @@ impl http_body::Body for Tracked {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Drops the body of an answer to HEAD made here (a page, a refusal, the
+/// status events), keeping the length the body had. A solution's answer to
+/// HEAD has none.
+#[cold]
+fn head_only(resp: &mut Response<Body>) {
+    if matches!(resp.body(), Body::Upstream { .. } | Body::Direct(_)) {
+        return;
+    }
+    if let Body::Full(Some(bytes)) = resp.body()
+        && !resp.headers().contains_key(http::header::CONTENT_LENGTH)
+    {
+        let len = http::HeaderValue::from(bytes.len());
+        resp.headers_mut().insert(http::header::CONTENT_LENGTH, len);
+    }
+    *resp.body_mut() = Body::empty();
 }
 
 /// Resolves once `rx` holds `true` (or its sender is gone).
