@@ -303,7 +303,7 @@ async fn fixed_upstream_is_never_started_or_stopped() {
     let up = eventually(Duration::from_secs(10), || async move { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() }).await;
     assert!(up);
     let wg = Wakegate::start(&format!(
-        "[settings]\nidle-timeout = \"1s\"\n[[solution]]\nname = \"fixed\"\nupstream = \"http://127.0.0.1:{port}\"\n"
+        "[settings]\nidle-timeout = \"1s\"\nupstream-connect-timeout = \"1s\"\n[[solution]]\nname = \"fixed\"\nupstream = \"http://127.0.0.1:{port}\"\n"
     ));
     for _ in 0..3 {
         let r = wg.get("fixed", "/hello").await;
@@ -314,6 +314,19 @@ async fn fixed_upstream_is_never_started_or_stopped() {
     assert!(app.try_wait().unwrap().is_none(), "wakegate left the upstream alone");
     let _ = app.kill();
     let _ = app.wait();
+
+    // Gone: refused connections get 502 once `upstream-connect-timeout`
+    // has passed, not after the hold-timeout (2 min) of a waking solution.
+    for (method, body) in [("GET", ""), ("POST", "x")] {
+        let started = std::time::Instant::now();
+        let req = Request::builder().method(method).uri("/hello").header("host", "fixed.localhost");
+        let req = req.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap();
+        let r = wakegate_tests::read(wakegate_tests::send(wg.public, req).await.unwrap()).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status.as_u16(), 502, "{method}: {r:?}");
+        assert!(r.header("x-request-id").len() == 16, "{method}: {r:?}");
+        assert!(took < Duration::from_secs(4), "{method}: 502 after {took:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,9 @@ use http::{Request, Uri, Version};
 use crate::client::Client;
 use crate::request_id;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
-const HOP_COUNT: usize = 8;
+/// Hop-by-hop headers (RFC 9110 §7.6.1; `HTTP2-Settings`, RFC 9113 §3.2.1
+/// of RFC 7540, belongs to the h2c upgrade of one connection), never forwarded.
+const HOP_COUNT: usize = 9;
 static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -21,6 +22,7 @@ static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Fields [`Forwarded::set`] adds to a request's map (`X-Forwarded-*`,
@@ -32,9 +34,16 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether the request asks for a protocol upgrade (HTTP/1.1 `Connection: upgrade`).
+/// Whether the request asks for a protocol upgrade the gateway passes on
+/// (HTTP/1.1 `Connection: upgrade`, e.g. WebSocket). Never to `h2c`: a
+/// solution that took it would speak HTTP/2 with the client past every
+/// per-request check (limits, request ids, `X-Forwarded-*`, the access log),
+/// so the fields go like any hop-by-hop ones and the request is served as
+/// HTTP/1.1 (as Envoy does).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && has_token(headers, header::CONNECTION, "upgrade")
+    headers.contains_key(header::UPGRADE)
+        && has_token(headers, header::CONNECTION, "upgrade")
+        && !tokens(headers, header::UPGRADE).any(|t| t.eq_ignore_ascii_case(b"h2c"))
 }
 
 /// The comma-separated tokens of every `name` field, trimmed, in order.
@@ -60,6 +69,7 @@ fn hop_index(name: &[u8]) -> Option<usize> {
         (17, b't') => 5,
         (7, b'u') => 6,
         (19, b'p') => 7,
+        (14, b'h') => 8,
         _ => return None,
     };
     name_is(name, HOP_BY_HOP[i].as_str().as_bytes()).then_some(i)
@@ -105,8 +115,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !present.contains(&true) {
         return;
     }
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        if conn.as_bytes().contains(&b',') || !is_plain_token(conn.as_bytes()) {
+    let mut lines = headers.get_all(header::CONNECTION).iter();
+    if let Some(conn) = lines.next() {
+        // Names in every `Connection` line, however many.
+        if lines.next().is_some() || conn.as_bytes().contains(&b',') || !is_plain_token(conn.as_bytes()) {
             let named: Vec<HeaderName> = headers
                 .get_all(header::CONNECTION)
                 .iter()
@@ -360,6 +372,32 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn never_passes_on_an_h2c_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, HTTP2-Settings"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("H2C"));
+        h.insert("http2-settings", HeaderValue::from_static("AAMAAABkAARAAAAAAAIAAAAA"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert!(!wants_upgrade(&h));
+        // Not named in `Connection`, `HTTP2-Settings` goes all the same.
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        assert!(!wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-kept"]);
+    }
+
+    #[test]
+    fn removes_the_names_of_every_connection_line() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("s"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]

@@ -395,6 +395,9 @@ fn forward(
         // Milliseconds the request was held for a wake-up (access log).
         let mut waited: Option<u32> = None;
         let mut changes = None;
+        // When an endpoint first did not take the request: retried (another
+        // endpoint, a new connection) for `upstream-connect-timeout` at most.
+        let mut refused_since: Option<Instant> = None;
         loop {
             let state = sol.handle.cell.load();
             if state.phase == Phase::Ready
@@ -469,7 +472,10 @@ fn forward(
                     upstream::abort(&ep);
                     tracing::debug!(solution = %sol.name, endpoint = %ep.addr, "not sent: {not_sent}; retrying");
                     drop(activity);
-                    if Instant::now() + RETRY_PAUSE >= deadline {
+                    let now = Instant::now();
+                    let refused_for = now.duration_since(*refused_since.get_or_insert(now));
+                    if now + RETRY_PAUSE >= deadline || refused_for + RETRY_PAUSE >= settings.upstream_connect_timeout {
+                        tracing::warn!(solution = %sol.name, endpoint = %ep.addr, "no endpoint took the request within {refused_for:?}: {not_sent}");
                         let msg = format!("{} did not accept the connection", sol.name);
                         let resp = refuse(sol, Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg), reply_headers, rid);
                         return with_upstream(ep.addr, waited, resp);

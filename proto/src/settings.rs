@@ -354,7 +354,12 @@ pub const KEYS: &[Key] = &[
         default: "10s",
         doc: "time between SIGTERM and SIGKILL when a process solution is stopped",
     },
-    Key { name: "upstream-connect-timeout", scope: Scope::Solution, default: "5s", doc: "connect timeout to a solution's endpoint" },
+    Key {
+        name: "upstream-connect-timeout",
+        scope: Scope::Solution,
+        default: "5s",
+        doc: "connect timeout to a solution's endpoint; a ready solution whose endpoints refuse connections this long → 502",
+    },
 ];
 
 /// Settings that every solution has, and that each may override.
