@@ -268,6 +268,37 @@ async fn config_edits_apply_live_and_bad_edits_are_rejected() {
     assert_eq!(metric(&m, "wakegate_scale_downs_total{solution=\"app\",reason=\"idle\"}"), Some(1.0));
 }
 
+/// A solution removed from the file while a request to it is under way:
+/// the request ends normally, then the solution's process is stopped. An
+/// empty file (an editor between truncating and writing) is not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_solution_finishes_its_requests_and_an_empty_file_is_not_applied() {
+    let both = format!("[settings]\n{}{}", testapp_solution("app", "", ""), testapp_solution("other", "", ""));
+    let wg = Wakegate::start(&both);
+    assert_eq!(wg.get("app", "/hello").await.status, 200);
+    let pid = *wg.starts().first().expect("app started");
+
+    // Emptied for a moment: refused, every solution still served.
+    std::fs::write(wg.config_path(), "").unwrap();
+    let refused = eventually(Duration::from_secs(5), || async { wg.log().contains("the file is empty") }).await;
+    assert!(refused, "log:\n{}", wg.log());
+    assert_eq!(wg.get("app", "/hello").await.status, 200, "still served after the empty edit");
+
+    let public = wg.public;
+    let slow = tokio::spawn(async move { get(public, "app.localhost", "/slow?ms=2500", &[]).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wg.write_config(&format!("[settings]\n{}", testapp_solution("other", "", "")));
+    let removed = eventually(Duration::from_secs(5), || async { wg.get("app", "/hello").await.status == 404 }).await;
+    assert!(removed, "app no longer routed; log:\n{}", wg.log());
+    assert!(wakegate_tests::alive(pid), "app's process still runs while its request is under way");
+    let r = slow.await.unwrap().expect("an answer");
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "slow done\n"), "{r:?}; log:\n{}", wg.log());
+    // Then it is stopped (within the gateway's 10 s housekeeping round).
+    let stopped = eventually(Duration::from_secs(15), || async move { !wakegate_tests::alive(pid) }).await;
+    assert!(stopped, "app's process outlived its last request; log:\n{}", wg.log());
+    assert_eq!(wg.get("other", "/hello").await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_every_bad_key() {
     let dir = tempfile::tempdir().unwrap();

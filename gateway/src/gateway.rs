@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
 use proto::{Config, Settings};
@@ -43,9 +43,20 @@ pub struct Gateway {
     /// Idle upstream connections.
     pub pools: Pools,
     orchestrator: Arc<dyn Orchestrator>,
+    /// Solutions removed from the configuration while requests to them were
+    /// under way, with when they are stopped regardless: the orchestrator
+    /// keeps them (their process runs) until those requests end, as nginx's
+    /// old workers finish theirs after a reload. Also what serialises
+    /// [`Gateway::apply`] with [`Gateway::tidy`].
+    retiring: std::sync::Mutex<Vec<(Arc<SolutionRt>, Instant)>>,
     draining: AtomicBool,
     /// One JSON line per request (`access-log`).
     pub access: AccessLog,
+}
+
+/// `specs` and those of the solutions still `retiring`.
+fn with_retiring(specs: impl Iterator<Item = proto::SolutionSpec>, retiring: &[(Arc<SolutionRt>, Instant)]) -> Vec<proto::SolutionSpec> {
+    specs.chain(retiring.iter().map(|(rt, _)| (**rt.spec.load()).clone())).collect()
 }
 
 impl Gateway {
@@ -59,6 +70,7 @@ impl Gateway {
             metrics,
             pools: Pools::default(),
             orchestrator,
+            retiring: std::sync::Mutex::default(),
             draining: AtomicBool::new(false),
             certificates: std::sync::OnceLock::new(),
         });
@@ -79,8 +91,20 @@ impl Gateway {
     /// Applies a new configuration to new requests. Requests already under way
     /// keep what they started with; solutions that stay keep their state.
     pub fn apply(&self, config: &Config) {
-        self.orchestrator.apply(&config.solutions);
+        let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.routes.load_full();
+        let now = Instant::now();
+        for rt in old.list.iter().filter(|rt| !config.solutions.iter().any(|s| *s.name == *rt.name)) {
+            if rt.metrics.busy() == 0 {
+                tracing::info!(solution = %rt.name, "removed from the configuration: stopped");
+                continue;
+            }
+            tracing::info!(solution = %rt.name, "removed from the configuration: stopped once the requests under way have ended");
+            let s = &rt.spec.load().settings;
+            retiring.push((rt.clone(), now + s.hold_timeout + s.upstream_response_timeout));
+        }
+        retiring.retain(|(rt, _)| !config.solutions.iter().any(|s| *s.name == *rt.name));
+        self.orchestrator.apply(&with_retiring(config.solutions.iter().cloned(), &retiring));
         let mut list = Vec::with_capacity(config.solutions.len());
         for spec in &config.solutions {
             match old.get(&spec.name) {
@@ -107,6 +131,19 @@ impl Gateway {
         self.settings.store(Arc::new(config.settings.clone()));
         self.access.set(&config.settings.access_log, config.settings.access_log_query);
         self.pools.prune();
+    }
+
+    /// Stops the removed solutions whose requests have ended (or that
+    /// outlived their wait).
+    fn retire(&self) {
+        let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+        let before = retiring.len();
+        let now = Instant::now();
+        retiring.retain(|(rt, until)| rt.metrics.busy() > 0 && now < *until);
+        if retiring.len() != before {
+            let current = self.routes.load().list.iter().map(|rt| (**rt.spec.load()).clone()).collect::<Vec<_>>();
+            self.orchestrator.apply(&with_retiring(current.into_iter(), &retiring));
+        }
     }
 
     /// The current routing table.
@@ -138,6 +175,7 @@ impl Gateway {
     /// closes idle upstream connections their solution has closed or that
     /// went unused for [`crate::upstream::IDLE_TIMEOUT`].
     pub fn tidy(&self) {
+        self.retire();
         self.pools.sweep(TIDY_INTERVAL);
         let mut clients = 0;
         for s in &self.routes.load().list {

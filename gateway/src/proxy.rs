@@ -329,7 +329,9 @@ fn rate_limit(sol: &SolutionRt, client: Client, headers: &HeaderMap, rid: &Heade
     for (limiter, verdict, scope) in checks.into_iter().flatten() {
         let Verdict::Deny { retry_after } = verdict else { continue };
         let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        tracing::info!(solution = %sol.name, client = %client.ip, scope, "rate limited for {retry_after:?}");
+        // Debug: a flood of refusals must not become a flood of log lines
+        // (each one is in the access log and `wakegate_rejected_requests_total`).
+        tracing::debug!(solution = %sol.name, client = %client.ip, scope, "rate limited for {retry_after:?}");
         let msg = if scope == "client" {
             format!("too many requests from your address to {}; retry in {secs} s", sol.name)
         } else {

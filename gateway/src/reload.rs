@@ -24,6 +24,8 @@ fn fingerprint(path: &Path) -> Option<u64> {
 
 /// Re-reads `path` whenever it changes, until `shutdown`.
 pub async fn watch(path: PathBuf, gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+    // What the process started with (its listeners are bound to these).
+    let started = gw.settings();
     let mut hup = signal(SignalKind::hangup()).ok();
     let mut last = fingerprint(&path);
     loop {
@@ -40,23 +42,35 @@ pub async fn watch(path: PathBuf, gw: Arc<Gateway>, mut shutdown: watch::Receive
         if forced {
             tracing::info!("SIGHUP: reloading {}", path.display());
         }
-        reload(&path, &gw);
+        reload(&path, &gw, &started);
     }
 }
 
 /// Loads `path` and applies it if valid. Returns whether it was applied.
-pub fn reload(path: &Path, gw: &Gateway) -> bool {
-    match crate::config::load(path) {
+/// `started`: the settings the process started with, for the keys that
+/// change only with a restart.
+pub fn reload(path: &Path, gw: &Gateway, started: &proto::Settings) -> bool {
+    // Empty: an editor or `cat >` between truncating the file and writing it
+    // (valid TOML, and it would remove every solution).
+    let loaded = match std::fs::read(path) {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Err(proto::ConfigErrors(vec![proto::ConfigError::new(
+            "",
+            "the file is empty (a write in progress?); an empty configuration is not applied live",
+        )])),
+        _ => crate::config::load(path),
+    };
+    match loaded {
         Ok(loaded) => {
             let config = &loaded.config;
-            let old = gw.settings();
+            let old = started;
             for (key, changed) in [
                 ("listen", old.listen != config.settings.listen),
                 ("admin-listen", old.admin_listen != config.settings.admin_listen),
                 ("workers", old.workers != config.settings.workers),
+                ("shutdown-grace", old.shutdown_grace != config.settings.shutdown_grace),
             ] {
                 if changed {
-                    tracing::warn!(key, "changed, but takes effect only after a restart");
+                    tracing::warn!(key, "differs from the value started with, which stays until a restart");
                 }
             }
             if old.tls.get("tls-source") != config.settings.tls.get("tls-source")

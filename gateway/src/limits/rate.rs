@@ -48,7 +48,9 @@ impl RateLimiter {
     pub fn new(rps: u32, burst: u32, max_clients: usize) -> Self {
         let rps = rps.max(1);
         Self {
-            interval: 1_000_000_000 / u64::from(rps),
+            // At least 1 ns: above 10⁹ requests per second (a setting meant
+            // as "no real limit") the quotient would be 0, and a divisor.
+            interval: (1_000_000_000 / u64::from(rps)).max(1),
             burst: if burst == 0 { rps } else { burst },
             cells: DashMap::new(),
             overflow: AtomicU64::new(0),
@@ -128,6 +130,16 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn any_rate_a_setting_can_hold_works() {
+        for rps in [999_999_999, 1_000_000_001, u32::MAX] {
+            let l = RateLimiter::new(rps, 0, 10);
+            assert!(matches!(l.check_key(ip("10.0.0.1")), Verdict::Allow { .. }), "{rps}");
+            assert!(matches!(l.check(), Verdict::Allow { .. }), "{rps}");
+            assert!(l.window_secs() >= 1);
+        }
     }
 
     #[test]
