@@ -125,6 +125,16 @@ async fn serves_http2_prior_knowledge() {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"over h2");
     }
+    // More fields than `max-headers` (100): refused as over HTTP/1.1.
+    let mut req = Request::get("http://app.localhost/hello").body(Full::new(Bytes::new())).unwrap();
+    for i in 0..150 {
+        req.headers_mut().insert(http::HeaderName::try_from(format!("x-h{i}")).unwrap(), http::HeaderValue::from_static("v"));
+    }
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 431);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("more than 100 header fields"), "{body:?}");
     // HEAD to what the gateway answers itself (the catalog, a refusal): the
     // length of the body a GET gets, and no body (a body is a stream error).
     for (host, status) in [("localhost", 200), ("nosuch.localhost", 404)] {
@@ -312,6 +322,37 @@ async fn check_names_every_bad_key() {
     }
     let run = std::process::Command::new(wakegate_tests::bin()).args(["run", "--config"]).arg(&bad).output().unwrap();
     assert_eq!(run.status.code(), Some(64), "run refuses a bad config too");
+
+    // Values that parse but could not work: a timeout shorter than 1 ms (shown
+    // and acting as none), `PORT` (wakegate sets it), a bad variable name, a
+    // fixed port that is the gateway's own or another solution's.
+    let cmd = "command = \"sleep 60\"";
+    let parsed =
+        format!("[settings]\nhold-timeout = \"0.0001s\"\n[[solution]]\nname = \"a\"\n{cmd}\nenv = {{ PORT = \"9\", \"A B\" = \"1\" }}\n");
+    let ports = format!(
+        "[settings]\nlisten = \"127.0.0.1:23180\"\n[[solution]]\nname = \"a\"\n{cmd}\nport = 23180\n\
+         [[solution]]\nname = \"b\"\n{cmd}\nport = 23181\n[[solution]]\nname = \"c\"\n{cmd}\nport = 23181\n"
+    );
+    for (config, expected) in [
+        (
+            parsed,
+            &[
+                ("settings.hold-timeout", "at least 1ms"),
+                ("solution.a.env.PORT", "set by wakegate"),
+                ("solution.a.env.A B", "not a variable name"),
+            ][..],
+        ),
+        (ports, &[("solution.a.port", "settings.listen"), ("solution.c.port", "solution b's port")][..]),
+    ] {
+        let bad = dir.path().join("subtle.toml");
+        std::fs::write(&bad, config).unwrap();
+        let out = std::process::Command::new(wakegate_tests::bin()).args(["check", "--config"]).arg(&bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        let err = String::from_utf8_lossy(&out.stderr);
+        for (key, why) in expected {
+            assert!(err.lines().any(|l| l.contains(key) && l.contains(why)), "{key}: {why} missing from:\n{err}");
+        }
+    }
 
     let good = dir.path().join("good.toml");
     std::fs::write(&good, format!("[[solution]]\nname = \"a\"\ncommand = \"python3 {} --port {{port}}\"\n", testapp().display())).unwrap();

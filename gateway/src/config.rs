@@ -76,6 +76,21 @@ pub fn validate(config: Config) -> Result<Loaded, ConfigErrors> {
                 .push(ConfigError::new(format!("settings.{key}"), format!("{addr} is {other}'s address too; each listener needs its own")));
         }
     }
+    // A fixed solution port (on loopback) that is a listener's, or another
+    // solution's: the probe would pass against the wrong server, and the
+    // gateway would forward to itself.
+    let mut fixed: Vec<(&str, u16)> = Vec::new();
+    for s in &config.solutions {
+        let proto::Backend::Process(p) = &s.backend else { continue };
+        let Some(port) = p.port else { continue };
+        let key = format!("solution.{}.port", s.name);
+        if let Some((listener, _)) = listeners.iter().find(|(_, a)| a.port() == port && (a.ip().is_loopback() || a.ip().is_unspecified())) {
+            errors.push(ConfigError::new(key, format!("{port} is the port of settings.{listener}")));
+        } else if let Some((other, _)) = fixed.iter().find(|(_, p)| *p == port) {
+            errors.push(ConfigError::new(key, format!("{port} is solution {other}'s port too")));
+        }
+        fixed.push((&s.name, port));
+    }
     match tls {
         Ok(tls) if errors.is_empty() => {
             // A trusted certificate makes the redirect safe by default; a

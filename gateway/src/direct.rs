@@ -418,7 +418,10 @@ pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, S
     // What the client is told of the length: one valid value, stated once;
     // none next to a transfer coding (RFC 9112 §6.3: the coding wins, and a
     // proxy removes the length).
-    let length = scan.length.as_ref().ok().copied().flatten().filter(|_| scan.coding.is_none());
+    // A 204 has no length to state (RFC 9110 §8.6; HTTP/2 clients refuse one
+    // that states some).
+    let no_content = status == StatusCode::NO_CONTENT;
+    let length = scan.length.as_ref().ok().copied().flatten().filter(|_| scan.coding.is_none() && !no_content);
     let restate = length.is_some() && scan.length_fields > 1;
     let mut raw = Box::new(RawHead {
         bytes: Bytes::new(),
@@ -435,7 +438,7 @@ pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, S
         // Hop-by-hop fields, those `Connection` names, and a length not passed on as it came.
         let drop = forward::is_hop_by_hop_name(name)
             || (scan.nominates && connection_names(fields).any(|t| t.eq_ignore_ascii_case(name)))
-            || ((scan.coding.is_some() || restate) && forward::name_is(name, b"content-length"));
+            || ((scan.coding.is_some() || restate || no_content) && forward::name_is(name, b"content-length"));
         if drop {
             continue;
         }
@@ -970,6 +973,16 @@ mod tests {
         // A HEAD answer keeps the length its body would have.
         let (lines, declared) = passed_on(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true);
         assert_eq!((lines, declared), (vec!["Content-Length: 10".to_string()], (Some(10), false)));
+    }
+
+    #[test]
+    fn a_204_states_no_length() {
+        let raw = &b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n"[..];
+        let head = parse_head(&mut BytesMut::from(raw), false).expect("valid").expect("complete");
+        let (_, raw, _) = head.split();
+        let map = raw.expect("passed on").merged(HeaderMap::new());
+        assert_eq!(map.len(), 1, "{map:?}");
+        assert_eq!(map["x-a"], "1");
     }
 
     #[test]

@@ -180,14 +180,18 @@ fn route(
     started: Instant,
     line: &mut Option<Box<access_log::Line>>,
 ) -> Result<impl Future<Output = (Response<Body>, access_log::Trail)> + Send + 'static + use<>, Response<Body>> {
-    let (max_uri, client) = {
+    let (max_uri, max_headers, client) = {
         let s = gw.settings_ref();
-        (s.max_uri_length, client::identify(peer.ip(), req.headers(), &s.trusted_proxies))
+        (s.max_uri_length, s.max_headers, client::identify(peer.ip(), req.headers(), &s.trusted_proxies))
     };
     if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > max_uri {
         gw.metrics.rejected_unrouted("uri_too_long");
         let r = Refusal::new(StatusCode::URI_TOO_LONG, "uri_too_long", format!("the request target is longer than {max_uri} bytes"));
         return Err(r.into_response(req.headers(), rid));
+    }
+    // HTTP/1.1 heads are counted as they are read; HTTP/2 ones only here.
+    if req.headers().len() > max_headers {
+        return Err(too_many_headers(&gw, req.headers(), max_headers, rid));
     }
     if req.method() == http::Method::CONNECT {
         // The gateway is no forward proxy, and no solution is reached by tunnel.
@@ -258,7 +262,7 @@ fn route(
     let upgrade = req.version() == Version::HTTP_11 && forward::wants_upgrade(req.headers());
     // What a refusal needs of the request, kept before the request is sent on.
     let mut accept = req.headers().get(header::ACCEPT).cloned();
-    let navigation = !upgrade && waiting::is_navigation(req.method(), accept.as_ref());
+    let navigation = !upgrade && waiting::is_navigation(req.method(), accept.as_ref(), req.headers().get("sec-fetch-mode"));
     let declared = http_body::Body::size_hint(req.body()).exact();
     if settings.max_body_size > 0 && declared.is_some_and(|n| n > settings.max_body_size) {
         let msg = format!("the request body is larger than {} bytes", settings.max_body_size);
@@ -314,6 +318,13 @@ fn read_only<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue, what: &str) -
     let mut r = Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", msg).into_response(req.headers(), rid);
     r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     r
+}
+
+#[cold]
+fn too_many_headers(gw: &Gateway, headers: &HeaderMap, max: usize, rid: &HeaderValue) -> Response<Body> {
+    gw.metrics.rejected_unrouted("headers_too_large");
+    let msg = format!("the request has more than {max} header fields");
+    Refusal::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", msg).into_response(headers, rid)
 }
 
 /// Per-client, then per-solution rate: `None` if allowed, else the 429.
@@ -609,6 +620,10 @@ fn respond(
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     // (`X-Request-Id` is set on every answer by `handle`.)
     forward::strip_hop_by_hop(response.headers_mut(), switching);
+    if response.status() == StatusCode::NO_CONTENT {
+        // No length to state (RFC 9110 §8.6): HTTP/2 clients refuse one.
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     if switching {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let stream = activity.into_stream();

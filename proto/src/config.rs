@@ -249,7 +249,17 @@ fn parse_process(
         None => {}
         Some(Value::Table(vars)) => {
             for (k, v) in vars {
+                let valid_name = !k.is_empty() && !k.bytes().any(|b| b == b'=' || b == 0 || b.is_ascii_whitespace());
                 match flat(v) {
+                    // The port wakegate picks is the one it probes and forwards to.
+                    _ if k == "PORT" => errors.push(ConfigError::new(
+                        at("env.PORT"),
+                        "is set by wakegate (the port it probes and forwards to); use `port = N` to fix it",
+                    )),
+                    _ if !valid_name => {
+                        errors.push(ConfigError::new(at(&format!("env.{k}")), "not a variable name (empty, or with '=', a space or NUL)"))
+                    }
+                    Ok(s) if s.contains('\0') => errors.push(ConfigError::new(at(&format!("env.{k}")), "contains a NUL byte")),
                     Ok(s) => env.push((k.clone(), s)),
                     Err(reason) => errors.push(ConfigError::new(at(&format!("env.{k}")), reason)),
                 }

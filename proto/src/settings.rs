@@ -860,8 +860,10 @@ fn bounded_size(value: &str, min: u64, max: u64) -> Result<usize, String> {
     usize::try_from(n).map_err(|_| "too large".to_string())
 }
 
+/// A timeout that must exist: 1 ms at least (a shorter one is shown, and
+/// acts, as none).
 fn positive(d: Duration) -> Result<Duration, String> {
-    if d.is_zero() { Err("must be greater than zero".into()) } else { Ok(d) }
+    if d < Duration::from_millis(1) { Err("must be at least 1ms".into()) } else { Ok(d) }
 }
 
 fn parse_nonzero(value: &str) -> Result<NonZeroU32, String> {
