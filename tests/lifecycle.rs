@@ -399,4 +399,17 @@ async fn requests_released_after_a_wake_are_paced_by_the_concurrency_limit() {
     let took = t0.elapsed();
     assert!(took >= Duration::from_millis(2400), "released all at once: {took:?}");
     assert_eq!(wg.starts().len(), 1);
+
+    // A live edit applies to the next requests, the solution up all along.
+    wg.write_config(&one("--startup-delay 1", "max-concurrent-requests = 1"));
+    let applied = eventually(Duration::from_secs(5), || async { wg.log().contains("configuration reloaded") }).await;
+    assert!(applied, "log:\n{}", wg.log());
+    let t0 = Instant::now();
+    let four: Vec<_> = (0..4).map(|_| tokio::spawn(async move { get(addr, "app.localhost", "/slow?ms=400", &[]).await })).collect();
+    for h in four {
+        assert_eq!(h.await.unwrap().unwrap().status, 200);
+    }
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(1550), "one at a time after the edit: {took:?}");
+    assert_eq!(wg.starts().len(), 1, "not restarted for the edit");
 }

@@ -320,6 +320,15 @@ fn read_only<B>(gw: &Gateway, req: &Request<B>, rid: &HeaderValue, what: &str) -
     r
 }
 
+/// Waited `upstream-response-timeout` behind `max-concurrent-requests`
+/// without being sent: the solution is busy, not slow to answer this one.
+#[cold]
+fn queue_timeout(sol: &SolutionRt, s: &proto::SolutionSettings, accept: Option<&HeaderValue>, rid: &HeaderValue) -> Response<Body> {
+    let (n, waited) = (s.max_concurrent_requests, proto::units::format_duration(s.upstream_response_timeout));
+    let msg = format!("{} is busy: it takes {n} requests at once (max-concurrent-requests), and this one waited {waited}", sol.name);
+    refuse(sol, Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "queue_timeout", msg).retry_after(1), accept, rid)
+}
+
 #[cold]
 fn too_many_headers(gw: &Gateway, headers: &HeaderMap, max: usize, rid: &HeaderValue) -> Response<Body> {
     gw.metrics.rejected_unrouted("headers_too_large");
@@ -436,7 +445,7 @@ fn forward(
                     // for every request, held ones too; no allocation per request).
                     let Ok(permit) = tokio::time::timeout_at(until, upstream::permit(&ep)).await else {
                         upstream::abort(&ep);
-                        let resp = upstream_timeout(sol, &ep, settings.upstream_response_timeout, reply_headers, rid);
+                        let resp = queue_timeout(sol, settings, reply_headers, rid);
                         return with_upstream(ep.addr, waited, resp);
                     };
                     // Why the request did not reach the solution: then it is

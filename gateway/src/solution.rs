@@ -80,7 +80,12 @@ impl SolutionRt {
         if fresh.key != self.limits.load().key {
             self.limits.store(Arc::new(fresh));
         }
+        let resized = self.spec.load().settings.max_concurrent_requests != spec.settings.max_concurrent_requests;
         self.spec.store(Arc::new(spec));
+        if resized {
+            // The next pick builds the set again, with the new concurrency.
+            self.endpoints.store(Arc::new(EndpointSet { addrs: Arc::from(Vec::new()), endpoints: Vec::new() }));
+        }
     }
 
     /// Picks an endpoint among `addrs` (the current ready set): the less busy of

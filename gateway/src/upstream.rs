@@ -37,6 +37,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Requests forwarded at once (`max-concurrent-requests`); `None` = unlimited.
     permits: Option<Arc<tokio::sync::Semaphore>>,
+    /// The `max-concurrent-requests` it was made with.
+    limit: u32,
     in_flight: AtomicUsize,
     idle: Idle<Sender>,
     /// Idle connections of the gateway's own client (requests without a body).
@@ -118,19 +120,38 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// The endpoint at `addr`, created on first use.
-    /// `max_concurrent` applies from the endpoint's creation (0 = unlimited).
+    /// The endpoint at `addr` with concurrency `max_concurrent` (0 =
+    /// unlimited), created on first use, and made anew when that changed (a
+    /// live edit): requests under way keep the one they got.
     pub fn endpoint(&self, addr: SocketAddr, max_concurrent: u32) -> Arc<Endpoint> {
-        if let Some(ep) = self.map.get(&addr) {
+        if let Some(ep) = self.map.get(&addr)
+            && ep.limit == max_concurrent
+        {
             return ep.clone();
         }
         let permits = usize::try_from(max_concurrent).ok().filter(|n| *n > 0).map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
-        self.map
-            .entry(addr)
-            .or_insert_with(|| {
-                Arc::new(Endpoint { addr, permits, in_flight: AtomicUsize::new(0), idle: Idle::new(), direct_idle: Idle::new() })
+        let mut slot = self.map.entry(addr).or_insert_with(|| {
+            Arc::new(Endpoint {
+                addr,
+                permits: permits.clone(),
+                limit: max_concurrent,
+                in_flight: AtomicUsize::new(0),
+                idle: Idle::new(),
+                direct_idle: Idle::new(),
             })
-            .clone()
+        });
+        if slot.limit != max_concurrent {
+            let ep = Endpoint {
+                addr,
+                permits,
+                limit: max_concurrent,
+                in_flight: AtomicUsize::new(0),
+                idle: Idle::new(),
+                direct_idle: Idle::new(),
+            };
+            *slot = Arc::new(ep);
+        }
+        slot.clone()
     }
 
     /// Closes idle connections that their solution has closed (a stopped
