@@ -363,6 +363,44 @@ async fn check_names_every_bad_key() {
     assert_eq!(out.status.code(), Some(0), "the example config is valid: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A solution that states a longer body than it sends, then closes: the
+/// client sees the cut, and the access log says the answer did not complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_the_solution_cuts_short_is_logged_as_not_completed() {
+    let liar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = liar.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = liar.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 8192];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
+            });
+        }
+    });
+    let wg = Wakegate::start(&format!("[settings]\n[[solution]]\nname = \"liar\"\nupstream = \"http://127.0.0.1:{port}\"\n"));
+    for (method, body) in [("GET", ""), ("POST", "x")] {
+        let req = Request::builder().method(method).uri("/short").header("host", "liar.localhost");
+        let resp = wakegate_tests::send(wg.public, req.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), 200, "{method}");
+        assert!(resp.into_body().collect().await.is_err(), "{method}: the client sees the body cut short");
+    }
+    let lines = || -> Vec<serde_json::Value> {
+        wg.stdout().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|l| l["uri"] == "/short").collect()
+    };
+    assert!(eventually(Duration::from_secs(5), || async { lines().len() == 2 }).await, "{}", wg.stdout());
+    for l in lines() {
+        assert_eq!((l["bytes"].as_u64(), l["completed"].as_bool()), (Some(5), Some(false)), "{l}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_upstream_is_never_started_or_stopped() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -350,6 +350,7 @@ impl Line {
             bytes: 0,
             ended: bodyless,
             failed: false,
+            broken: false,
         })
     }
 
@@ -401,6 +402,9 @@ pub struct Answered {
     ended: bool,
     /// Writing the answer to the client failed.
     failed: bool,
+    /// The body broke on its way (the solution cut it short): never complete,
+    /// whatever the writing did with what came.
+    broken: bool,
 }
 
 impl Answered {
@@ -408,7 +412,7 @@ impl Answered {
     pub fn frame<E>(&mut self, frame: &Option<Result<http_body::Frame<bytes::Bytes>, E>>) {
         match frame {
             Some(Ok(f)) => self.bytes += f.data_ref().map_or(0, |d| d.len() as u64),
-            Some(Err(_)) => {}
+            Some(Err(_)) => self.broken = true,
             None => self.ended = true,
         }
     }
@@ -432,7 +436,7 @@ impl Answered {
     /// Writes the line; `end_stream` if the body had nothing more to send.
     pub fn finish(&mut self, end_stream: bool) {
         if let Some(line) = self.line.take() {
-            let completed = !self.failed && (self.ended || end_stream);
+            let completed = !self.failed && !self.broken && (self.ended || end_stream);
             line.finish(self.status, self.bytes, completed, self.reason, self.upstream, self.waited);
         }
     }
