@@ -135,6 +135,12 @@ async fn serves_http2_prior_knowledge() {
     assert!(resp.headers().contains_key("x-request-id"));
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("more than 100 header fields"), "{body:?}");
+    // A header list over `max-header-size` (32 KiB): the same 431, with an id.
+    let big = http::HeaderValue::from_str(&"v".repeat(40_000)).unwrap();
+    let req = Request::get("http://app.localhost/hello").header("x-big", big).body(Full::new(Bytes::new())).unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 431);
+    assert!(resp.headers().contains_key("x-request-id"), "{:?}", resp.headers());
     // HEAD to what the gateway answers itself (the catalog, a refusal): the
     // length of the body a GET gets, and no body (a body is a stream error).
     for (host, status) in [("localhost", 200), ("nosuch.localhost", 404)] {

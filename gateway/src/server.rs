@@ -337,7 +337,9 @@ where
             ($b:expr, $opts:expr) => {{
                 $b.timer(TokioTimer::new())
                     .max_concurrent_streams($opts.h2_max_streams)
-                    .max_header_list_size(u32::try_from($opts.max_header_size).unwrap_or(u32::MAX))
+                    // Twice the limit: the request path refuses what is over
+                    // it, with a request id and a line in the access log.
+                    .max_header_list_size(u32::try_from($opts.max_header_size.saturating_mul(2)).unwrap_or(u32::MAX))
                     .max_pending_accept_reset_streams(Some(20))
                     .max_local_error_reset_streams(Some(256));
             }};
