@@ -110,7 +110,11 @@ fn parse_solution(index: usize, item: &Value, settings: &Settings, base_dir: &Pa
     };
     let name = match t.get("name").map(Value::as_str) {
         Some(Some(n)) => n.to_string(),
-        _ => {
+        Some(None) => {
+            errors.push(ConfigError::new(format!("solution[{index}].name"), "must be a string (its subdomain)"));
+            return None;
+        }
+        None => {
             errors.push(ConfigError::new(format!("solution[{index}].name"), "missing: every solution needs a name (its subdomain)"));
             return None;
         }
@@ -129,8 +133,8 @@ fn parse_solution(index: usize, item: &Value, settings: &Settings, base_dir: &Pa
         }
         let is_solution_key = KEYS.iter().any(|k| k.name == key && k.scope == Scope::Solution);
         if !is_solution_key {
-            let reason =
-                if KEYS.iter().any(|k| k.name == key) { "a global setting: put it in [settings]".to_string() } else { unknown_key(key) };
+            let global = KEYS.iter().any(|k| k.name == key) || crate::settings::TLS_KEYS.iter().any(|k| k.name == key);
+            let reason = if global { "a global setting: put it in [settings]".to_string() } else { unknown_key(key) };
             errors.push(ConfigError::new(at(key), reason));
             continue;
         }
@@ -359,6 +363,19 @@ base-domain = "x.test"
                 "solution.ok.upstream",
             ]
         );
+    }
+
+    #[test]
+    fn says_what_is_wrong_where_it_is() {
+        let bad = "[[solution]]\nname = 5\nupstream = 'http://x'\n\
+                   [[solution]]\nname = 'a'\nupstream = 'http://a b:80'\ntls-source = 'off'\n\
+                   [[solution]]\nname = 'b'\nupstream = 'http://x#frag'\n";
+        let e = Config::parse(bad, Path::new(".")).unwrap_err();
+        let reason = |key: &str| e.0.iter().find(|c| c.key == key).map(|c| c.reason.clone()).unwrap_or_default();
+        assert!(reason("solution[0].name").contains("must be a string"), "{e}");
+        assert!(reason("solution.a.tls-source").contains("a global setting"), "{e}");
+        assert!(reason("solution.a.upstream").contains("space"), "{e}");
+        assert!(reason("solution.b.upstream").contains("fragment"), "{e}");
     }
 
     #[test]

@@ -97,8 +97,11 @@ impl Upstream {
     pub fn parse(url: &str) -> Result<Upstream, String> {
         let rest = url.strip_prefix("http://").ok_or_else(|| format!("invalid upstream {url:?}: must start with http://"))?;
         let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.contains('/') || authority.contains('?') || authority.contains('@') {
-            return Err(format!("invalid upstream {url:?}: only http://host:port is allowed (no path, query or user)"));
+        if authority.contains(['/', '?', '@', '#']) {
+            return Err(format!("invalid upstream {url:?}: only http://host:port is allowed (no path, query, fragment or user)"));
+        }
+        if authority.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Err(format!("invalid upstream {url:?}: the host has a space or a control character"));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or_else(|| format!("invalid upstream {url:?}: unclosed '['"))?;
