@@ -92,7 +92,12 @@ impl Supervisor {
                 cmd = self.rx.recv() => match cmd {
                     Some(Cmd::Wake) => self.wake(),
                     Some(Cmd::Sleep(reason, still_idle)) => self.sleep(reason, still_idle).await,
-                    Some(Cmd::Update(spec)) => self.spec = *spec,
+                    Some(Cmd::Update(spec)) => {
+                        if spec.backend != self.spec.backend && !matches!(self.run, Run::Idle) {
+                            tracing::info!(solution = self.name(), "its command changed: the new one runs from its next start (it is running the old one)");
+                        }
+                        self.spec = *spec;
+                    }
                     Some(Cmd::Shutdown(reason, ack)) => {
                         self.stop(reason).await;
                         let _ = ack.send(());
