@@ -266,7 +266,7 @@ fn route(
     let upgrade = req.version() == Version::HTTP_11 && forward::wants_upgrade(req.headers());
     // What a refusal needs of the request, kept before the request is sent on.
     let mut accept = req.headers().get(header::ACCEPT).cloned();
-    let navigation = !upgrade && waiting::is_navigation(req.method(), accept.as_ref(), req.headers().get("sec-fetch-mode"));
+    let navigation = !upgrade && waiting::is_navigation(req.method(), accept.as_ref(), || req.headers().get("sec-fetch-mode"));
     let declared = http_body::Body::size_hint(req.body()).exact();
     if settings.max_body_size > 0 && declared.is_some_and(|n| n > settings.max_body_size) {
         let msg = format!("the request body is larger than {} bytes", settings.max_body_size);
@@ -433,9 +433,11 @@ fn forward(
         // Milliseconds the request was held for a wake-up (access log).
         let mut waited: Option<u32> = None;
         let mut changes = None;
-        // When an endpoint first did not take the request: retried (another
-        // endpoint, a new connection) for `upstream-connect-timeout` at most.
-        let mut refused_since: Option<Instant> = None;
+        // When an endpoint first did not take the request (milliseconds after
+        // `started`; 4 bytes, not an `Instant`'s 16, in every request's
+        // future): retried (another endpoint, a new connection) for
+        // `upstream-connect-timeout` at most.
+        let mut refused_at: Option<u32> = None;
         loop {
             let state = sol.handle.cell.load();
             if state.phase == Phase::Ready
@@ -511,7 +513,8 @@ fn forward(
                     tracing::debug!(solution = %sol.name, endpoint = %ep.addr, "not sent: {not_sent}; retrying");
                     drop(activity);
                     let now = Instant::now();
-                    let refused_for = now.duration_since(*refused_since.get_or_insert(now));
+                    let ms = u32::try_from(now.duration_since(f.started).as_millis()).unwrap_or(u32::MAX);
+                    let refused_for = Duration::from_millis(u64::from(ms.saturating_sub(*refused_at.get_or_insert(ms))));
                     if now + RETRY_PAUSE >= deadline || refused_for + RETRY_PAUSE >= settings.upstream_connect_timeout {
                         tracing::warn!(solution = %sol.name, endpoint = %ep.addr, "no endpoint took the request within {refused_for:?}: {not_sent}");
                         let msg = format!("{} did not accept the connection", sol.name);

@@ -28,10 +28,11 @@ const STREAM_HEARTBEAT: Duration = Duration::from_secs(15);
 /// where the browser says how it fetches (`Sec-Fetch-Mode`), a navigation:
 /// a page's own `fetch()` or htmx request asking for HTML is held like any
 /// script's, not given the waiting page.
-pub fn is_navigation(method: &Method, accept: Option<&HeaderValue>, fetch_mode: Option<&HeaderValue>) -> bool {
+/// (`fetch_mode` is asked only of a request that could be one: most are not.)
+pub fn is_navigation<'a>(method: &Method, accept: Option<&HeaderValue>, fetch_mode: impl FnOnce() -> Option<&'a HeaderValue>) -> bool {
     (method == Method::GET || method == Method::HEAD)
         && accept.and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
-        && fetch_mode.is_none_or(|m| m.as_bytes().eq_ignore_ascii_case(b"navigate"))
+        && fetch_mode().is_none_or(|m| m.as_bytes().eq_ignore_ascii_case(b"navigate"))
 }
 
 /// The status as JSON.
@@ -224,12 +225,12 @@ mod tests {
     fn only_a_navigation_gets_the_page() {
         let html = HeaderValue::from_static("text/html,application/xhtml+xml,*/*;q=0.8");
         let (nav, cors) = (HeaderValue::from_static("navigate"), HeaderValue::from_static("cors"));
-        assert!(is_navigation(&Method::GET, Some(&html), None), "a browser that does not say");
-        assert!(is_navigation(&Method::GET, Some(&html), Some(&nav)));
-        assert!(is_navigation(&Method::HEAD, Some(&html), Some(&nav)));
-        assert!(!is_navigation(&Method::GET, Some(&html), Some(&cors)), "fetch() or htmx asking for HTML");
-        assert!(!is_navigation(&Method::POST, Some(&html), Some(&nav)));
-        assert!(!is_navigation(&Method::GET, Some(&HeaderValue::from_static("*/*")), None));
-        assert!(!is_navigation(&Method::GET, None, None));
+        assert!(is_navigation(&Method::GET, Some(&html), || None), "a browser that does not say");
+        assert!(is_navigation(&Method::GET, Some(&html), || Some(&nav)));
+        assert!(is_navigation(&Method::HEAD, Some(&html), || Some(&nav)));
+        assert!(!is_navigation(&Method::GET, Some(&html), || Some(&cors)), "fetch() or htmx asking for HTML");
+        assert!(!is_navigation(&Method::POST, Some(&html), || Some(&nav)));
+        assert!(!is_navigation(&Method::GET, Some(&HeaderValue::from_static("*/*")), || None));
+        assert!(!is_navigation(&Method::GET, None, || None));
     }
 }
