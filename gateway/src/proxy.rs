@@ -180,9 +180,9 @@ fn route(
     started: Instant,
     line: &mut Option<Box<access_log::Line>>,
 ) -> Result<impl Future<Output = (Response<Body>, access_log::Trail)> + Send + 'static + use<>, Response<Body>> {
-    let (max_uri, max_headers, max_header_size, client) = {
+    let (max_uri, client) = {
         let s = gw.settings_ref();
-        (s.max_uri_length, s.max_headers, s.max_header_size, client::identify(peer.ip(), req.headers(), &s.trusted_proxies))
+        (s.max_uri_length, client::identify(peer.ip(), req.headers(), &s.trusted_proxies))
     };
     if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > max_uri {
         gw.metrics.rejected_unrouted("uri_too_long");
@@ -191,11 +191,10 @@ fn route(
     }
     // HTTP/1.1 heads are counted as they are read; HTTP/2 ones only here
     // (the HTTP/2 layer refuses only lists twice the size, without an id).
-    if req.headers().len() > max_headers {
-        return Err(too_many_headers(&gw, req.headers(), max_headers, rid));
-    }
-    if req.version() == Version::HTTP_2 && header_list_size(req.headers()) > max_header_size {
-        return Err(headers_too_large(&gw, req.headers(), max_header_size, rid));
+    if req.version() == Version::HTTP_2
+        && let Some(refused) = h2_head_limits(&gw, req.headers(), rid)
+    {
+        return Err(refused);
     }
     if req.method() == http::Method::CONNECT {
         // The gateway is no forward proxy, and no solution is reached by tunnel.
@@ -333,23 +332,22 @@ fn queue_timeout(sol: &SolutionRt, s: &proto::SolutionSettings, accept: Option<&
     refuse(sol, Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "queue_timeout", msg).retry_after(1), accept, rid)
 }
 
-/// The size of a header list as HTTP/2 counts it (RFC 9113 §6.5.2).
-fn header_list_size(headers: &HeaderMap) -> usize {
-    headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum()
-}
-
-#[cold]
-fn headers_too_large(gw: &Gateway, headers: &HeaderMap, max: usize, rid: &HeaderValue) -> Response<Body> {
+/// `max-headers` and `max-header-size` for an HTTP/2 request (its list's
+/// size as HTTP/2 counts it, RFC 9113 §6.5.2): the 431, if over either.
+fn h2_head_limits(gw: &Gateway, headers: &HeaderMap, rid: &HeaderValue) -> Option<Response<Body>> {
+    let (max_headers, max_size) = {
+        let s = gw.settings_ref();
+        (s.max_headers, s.max_header_size)
+    };
+    let msg = if headers.len() > max_headers {
+        format!("the request has more than {max_headers} header fields")
+    } else if headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum::<usize>() > max_size {
+        format!("the request's header fields are larger than {max_size} bytes")
+    } else {
+        return None;
+    };
     gw.metrics.rejected_unrouted("headers_too_large");
-    let msg = format!("the request's header fields are larger than {max} bytes");
-    Refusal::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", msg).into_response(headers, rid)
-}
-
-#[cold]
-fn too_many_headers(gw: &Gateway, headers: &HeaderMap, max: usize, rid: &HeaderValue) -> Response<Body> {
-    gw.metrics.rejected_unrouted("headers_too_large");
-    let msg = format!("the request has more than {max} header fields");
-    Refusal::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", msg).into_response(headers, rid)
+    Some(Refusal::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", msg).into_response(headers, rid))
 }
 
 /// Per-client, then per-solution rate: `None` if allowed, else the 429.
