@@ -134,7 +134,11 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register(names::REQUESTS, "Requests answered for a solution, by method and status code", m.requests.clone());
-        registry.register(names::REQUEST_DURATION, "Time from request to the end of the response body", m.duration.clone());
+        registry.register(
+            names::REQUEST_DURATION,
+            "Time from request to the end of the response body, of requests forwarded to a solution (refusals are in rejected_requests)",
+            m.duration.clone(),
+        );
         registry.register(
             names::LAST_REQUEST_TIMESTAMP,
             "Unix time of the last request seen for a solution (start or end); drives idle scale-down",
