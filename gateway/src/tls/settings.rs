@@ -151,7 +151,9 @@ pub enum DnsSettings {
 /// Parses the TLS keys out of `pairs` (other keys are ignored).
 pub fn from_pairs(pairs: &BTreeMap<String, String>) -> Result<TlsSettings, Problems> {
     let mut p = Parser { pairs, problems: Vec::new() };
-    let listen = p.parse("tls-listen", DEFAULT_TLS_LISTEN, |v| v.parse::<SocketAddr>().map_err(|e| e.to_string()));
+    let listen = p.parse("tls-listen", DEFAULT_TLS_LISTEN, |v| {
+        v.trim().parse::<SocketAddr>().map_err(|_| format!("invalid address {v:?}: expected IP:port, e.g. 127.0.0.1:8443 or [::]:8443"))
+    });
     let dir = p.get("tls-dir").map(PathBuf::from);
     let hsts = p.parse("hsts", "off", parse_hsts);
     let source = match p.get("tls-source").unwrap_or("self-signed") {

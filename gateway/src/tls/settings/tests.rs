@@ -79,6 +79,8 @@ fn every_problem_is_reported_and_a_missing_secret_names_its_key() {
     );
     let secret = problems.iter().find(|(k, _)| k == "rfc2136-tsig-secret").map(|(_, r)| r.as_str());
     assert!(secret.is_some_and(|r| r.contains("\"acme-key\"")), "{secret:?}");
+    let listen = problems.iter().find(|(k, _)| k == "tls-listen").map(|(_, r)| r.as_str());
+    assert!(listen.is_some_and(|r| r.contains("\"nowhere\"") && r.contains("127.0.0.1:8443")), "{listen:?}");
 }
 
 #[test]
