@@ -50,31 +50,21 @@ pub async fn watch(path: PathBuf, gw: Arc<Gateway>, mut shutdown: watch::Receive
 /// `started`: the settings the process started with, for the keys that
 /// change only with a restart.
 pub fn reload(path: &Path, gw: &Gateway, started: &proto::Settings) -> bool {
-    // Empty: an editor or `cat >` between truncating the file and writing it
-    // (valid TOML, and it would remove every solution).
-    let loaded = match std::fs::read(path) {
-        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Err(proto::ConfigErrors(vec![proto::ConfigError::new(
-            "",
-            "the file is empty (a write in progress?); an empty configuration is not applied live",
-        )])),
-        _ => crate::config::load(path),
-    };
-    match loaded {
+    match crate::config::load(path) {
         Ok(loaded) => {
             let config = &loaded.config;
-            let old = started;
             for (key, changed) in [
-                ("listen", old.listen != config.settings.listen),
-                ("admin-listen", old.admin_listen != config.settings.admin_listen),
-                ("workers", old.workers != config.settings.workers),
-                ("shutdown-grace", old.shutdown_grace != config.settings.shutdown_grace),
+                ("listen", started.listen != config.settings.listen),
+                ("admin-listen", started.admin_listen != config.settings.admin_listen),
+                ("workers", started.workers != config.settings.workers),
+                ("shutdown-grace", started.shutdown_grace != config.settings.shutdown_grace),
             ] {
                 if changed {
                     tracing::warn!(key, "differs from the value started with, which stays until a restart");
                 }
             }
-            if old.tls.get("tls-source") != config.settings.tls.get("tls-source")
-                || old.tls.get("tls-listen") != config.settings.tls.get("tls-listen")
+            if started.tls.get("tls-source") != config.settings.tls.get("tls-source")
+                || started.tls.get("tls-listen") != config.settings.tls.get("tls-listen")
             {
                 tracing::warn!(key = "tls-source", "the certificate source and TLS listener change only after a restart");
             }

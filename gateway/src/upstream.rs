@@ -129,18 +129,8 @@ impl Pools {
         {
             return ep.clone();
         }
-        let permits = usize::try_from(max_concurrent).ok().filter(|n| *n > 0).map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
-        let mut slot = self.map.entry(addr).or_insert_with(|| {
-            Arc::new(Endpoint {
-                addr,
-                permits: permits.clone(),
-                limit: max_concurrent,
-                in_flight: AtomicUsize::new(0),
-                idle: Idle::new(),
-                direct_idle: Idle::new(),
-            })
-        });
-        if slot.limit != max_concurrent {
+        let made = || {
+            let permits = usize::try_from(max_concurrent).ok().filter(|n| *n > 0).map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
             let ep = Endpoint {
                 addr,
                 permits,
@@ -149,7 +139,11 @@ impl Pools {
                 idle: Idle::new(),
                 direct_idle: Idle::new(),
             };
-            *slot = Arc::new(ep);
+            Arc::new(ep)
+        };
+        let mut slot = self.map.entry(addr).or_insert_with(made);
+        if slot.limit != max_concurrent {
+            *slot = made();
         }
         slot.clone()
     }

@@ -35,6 +35,12 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![ConfigError::new("", format!("cannot read {}: {e}", path.display()))]))?;
+        // Valid TOML, but never meant: an editor or `cat >` between truncating
+        // the file and writing it (a live reload would remove every solution),
+        // or the wrong file.
+        if text.trim().is_empty() {
+            return Err(ConfigErrors(vec![ConfigError::new("", "the file is empty (a write in progress?): nothing to serve")]));
+        }
         Config::parse(&text, folder_of(path))
     }
 

@@ -238,8 +238,8 @@ impl Acme {
 
     /// Removes the challenge records an earlier order could not (the DNS
     /// server was unreachable, say); those that still fail stay for the next
-    /// call. Returns how many are left.
-    pub async fn remove_leftovers(&self) -> usize {
+    /// call.
+    pub async fn remove_leftovers(&self) {
         let pending = std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|p| p.into_inner()));
         let mut failed = Vec::new();
         for (owner, value) in pending {
@@ -251,9 +251,7 @@ impl Acme {
                 }
             }
         }
-        let mut slot = self.leftovers.lock().unwrap_or_else(|p| p.into_inner());
-        slot.extend(failed);
-        slot.len()
+        self.leftovers.lock().unwrap_or_else(|p| p.into_inner()).extend(failed);
     }
 
     /// The CA's suggested renewal window for `bundle` (RFC 9773) and when to

@@ -104,10 +104,13 @@ impl CertFiles {
                 _ = tick.tick() => {}
                 _ = stopped(&mut shutdown) => return,
             }
-            let kept = if resolver.has_certificate() {
-                "still serving the previous certificate"
-            } else {
-                "no certificate to serve yet (plain HTTP is not redirected meanwhile)"
+            // What is served meanwhile, asked only when a poll fails.
+            let kept = || {
+                if resolver.has_certificate() {
+                    "still serving the previous certificate"
+                } else {
+                    "no certificate to serve yet (plain HTTP is not redirected meanwhile)"
+                }
             };
             match self.poll() {
                 Ok(None) => {}
@@ -117,11 +120,11 @@ impl CertFiles {
                     resolver.swap(loaded.key);
                     failing = false;
                 }
-                Err(e @ FilesError::Cert { .. }) => tracing::warn!("{e}; {kept}"),
+                Err(e @ FilesError::Cert { .. }) => tracing::warn!("{e}; {}", kept()),
                 // A missing file mid-rotation is normal; say so once.
                 Err(e) if !failing => {
                     failing = true;
-                    tracing::warn!("{e}; {kept}");
+                    tracing::warn!("{e}; {}", kept());
                 }
                 Err(_) => {}
             }

@@ -176,13 +176,12 @@ impl Reaper {
             };
             let since = *self.up_since.entry(key.clone()).or_insert(now);
             if let Some(Decision::Sleep(_)) = observe(&activity, &spec, since).map(|o| decide(now, &o)) {
-                let deployment = c.deployment.clone();
-                idle.push((spec, api, deployment, since, key, seen));
+                idle.push(Idle { spec, api, key, since, seen });
             } else {
                 busy.insert(key);
             }
         }
-        idle.retain(|(.., key, _)| !busy.contains(key));
+        idle.retain(|i| !busy.contains(&i.key));
         if !idle.is_empty() {
             // Confirm with a reading taken after this decision: a request may have arrived since.
             let Some(again) = self.confirm(settings, &activity).await else { return };
@@ -190,18 +189,18 @@ impl Reaper {
                 return;
             }
             let mut sleeping = Vec::new();
-            for (spec, api, deployment, since, key, seen) in idle {
-                match observe(&again, &spec, since).map(|o| decide(SystemTime::now(), &o)) {
-                    Some(Decision::Sleep(idle)) => sleeping.push((spec, api, deployment, idle, key, seen)),
+            for i in idle {
+                match observe(&again, &i.spec, i.since).map(|o| decide(SystemTime::now(), &o)) {
+                    Some(Decision::Sleep(for_)) => sleeping.push((i, for_)),
                     _ => {
-                        busy.insert(key);
+                        busy.insert(i.key);
                     }
                 }
             }
             let mut done = std::collections::HashSet::new();
-            for (spec, api, deployment, idle, key, seen) in sleeping {
-                if !busy.contains(&key) && done.insert(key) {
-                    self.scale_down(&api, &spec, &deployment, idle, &seen).await;
+            for (i, for_) in sleeping {
+                if !busy.contains(&i.key) && done.insert(i.key.clone()) {
+                    self.scale_down(&i, for_).await;
                 }
             }
         }
@@ -264,11 +263,12 @@ impl Reaper {
         }
     }
 
-    /// Scales the Deployment to zero if it is still as `seen` at the start of
-    /// the round: one changed since (woken, scaled by someone else, rolled
-    /// out) is looked at again next round.
-    async fn scale_down(&self, api: &Api<Deployment>, spec: &SolutionSpec, deployment: &str, idle: Duration, seen: &scale::Seen) {
-        match scale::sleep(api, deployment, seen).await {
+    /// Scales `i`'s Deployment to zero, idle for `idle`, if it is still as
+    /// the round's first reading saw it: one changed since (woken, scaled by
+    /// someone else, rolled out) is looked at again next round.
+    async fn scale_down(&self, i: &Idle, idle: Duration) {
+        let (api, spec, deployment) = (&i.api, &i.spec, i.key.1.as_str());
+        match scale::sleep(api, deployment, &i.seen).await {
             Ok(true) => {
                 let idle_s = proto::units::format_duration(Duration::from_secs(idle.as_secs()));
                 tracing::info!(solution = %spec.name, deployment, "scaled to zero after {idle_s} idle");
@@ -293,6 +293,18 @@ impl Reaper {
             Err(e) => tracing::warn!(solution = %spec.name, deployment, "scale to zero failed: {e}"),
         }
     }
+}
+
+/// A Deployment a round's first reading found idle.
+struct Idle {
+    spec: SolutionSpec,
+    api: Api<Deployment>,
+    /// Namespace and name of the Deployment.
+    key: (String, String),
+    /// When it was first seen up.
+    since: SystemTime,
+    /// Its scale as read: the scale-down is conditional on it.
+    seen: scale::Seen,
 }
 
 /// What the reading `a` says of `spec`, up since `since`; `None` (logged)
